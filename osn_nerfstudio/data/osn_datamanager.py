@@ -1,0 +1,146 @@
+"""Datamanager for OSN scenes: pixel rays with object ids, plus rays through every object's keypoints.
+
+A training batch is nerfstudio's random pixel batch followed by ``num_keypoint_rays`` keypoint rays.
+Every ray carries (batch keys, one row per ray):
+
+* ``image`` [R, 3]: target colour;
+* ``object_id`` [R, 1]: the object seen there (mask label, or the keypoint's object; -1 unknown);
+* ``keypoint_depth`` [R]: z-depth of the keypoint in its object's own units (0 for pixel rays);
+* ``keypoint_weight`` [R]: the keypoint's confidence (0 for pixel rays, so depth losses skip them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+
+from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig, OSNSceneMetadata
+from osn_nerfstudio.data.osn_dataset import OSNDataset
+
+
+@dataclass
+class OSNDataManagerConfig(VanillaDataManagerConfig):
+    """Pixel batches from every frame of the video plus keypoint rays; each ray knows its frame and object."""
+
+    _target: Type = field(default_factory=lambda: OSNDataManager)
+    dataparser: AnnotatedDataParserUnion = field(default_factory=OSNDataParserConfig)
+    """The scene's dataparser: ``osn-data`` (the model needs its per-object metadata)."""
+    num_keypoint_rays: int = 256
+    """Keypoint rays appended to every training batch (sampled with probability proportional to weight)."""
+
+
+class OSNDataManager(VanillaDataManager[OSNDataset]):
+    config: OSNDataManagerConfig
+
+    @property
+    def scene_metadata(self) -> OSNSceneMetadata:
+        return self.train_dataparser_outputs.metadata[METADATA_KEY]
+
+    def setup_train(self):
+        super().setup_train()
+        self._train_images: Optional[Tensor] = None
+        self._train_object_ids: Optional[Tensor] = None
+
+    def _load_train_frames(self) -> None:
+        """All training images and object-id maps, kept for keypoint colours and supervision rays."""
+        frames = [self.train_dataset[i] for i in range(len(self.train_dataset))]
+        self._train_images = torch.stack([f["image"][..., :3] for f in frames])
+        self._train_object_ids = torch.stack([f["object_id"][..., 0] for f in frames])
+
+    @property
+    def train_images(self) -> Tensor:
+        """[F, H, W, 3] float colours of the video."""
+        if self._train_images is None:
+            self._load_train_frames()
+        assert self._train_images is not None
+        return self._train_images
+
+    @property
+    def train_object_ids(self) -> Tensor:
+        """[F, H, W] object id of every pixel (-1 unknown)."""
+        if self._train_object_ids is None:
+            self._load_train_frames()
+        assert self._train_object_ids is not None
+        return self._train_object_ids
+
+    def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
+        ray_bundle, batch = super().next_train(step)
+        num_pixels = len(ray_bundle)
+        batch["keypoint_depth"] = torch.zeros(num_pixels, device=self.device)
+        batch["keypoint_weight"] = torch.zeros(num_pixels, device=self.device)
+        if self.config.num_keypoint_rays <= 0:
+            return ray_bundle, batch
+        rows = torch.multinomial(self.scene_metadata.keypoint_weight, self.config.num_keypoint_rays, replacement=True)
+        kp_bundle, kp_batch = self.keypoint_rays(rows)
+        merged = {key: torch.cat([batch[key], kp_batch[key].to(batch[key].device)]) for key in kp_batch}
+        return concat_bundles(ray_bundle, kp_bundle), merged
+
+    def keypoint_rays(self, rows: Tensor) -> Tuple[RayBundle, Dict]:
+        """Rays through keypoints ``rows`` of the scene, with their colour, object, depth and weight."""
+        meta = self.scene_metadata
+        frames = meta.keypoint_frame[rows]
+        uv = meta.keypoint_uv[rows]
+        cameras = self.train_dataset.cameras.to(self.device)
+        bundle = cameras.generate_rays(camera_indices=frames[:, None].to(self.device), coords=uv.flip(-1).to(self.device))
+        images = self.train_images
+        height, width = images.shape[1:3]
+        x = uv[:, 0].long().clamp(0, width - 1)
+        y = uv[:, 1].long().clamp(0, height - 1)
+        batch = {
+            "image": images[frames, y, x].to(self.device),
+            "object_id": meta.keypoint_object[rows][:, None].to(self.device),
+            "keypoint_depth": meta.keypoint_depth[rows].to(self.device),
+            "keypoint_weight": meta.keypoint_weight[rows].to(self.device),
+            "indices": torch.stack([frames, y, x], dim=-1),
+        }
+        return bundle, batch
+
+    def supervision_rays(self, pixels_per_object: int, generator: torch.Generator) -> Tuple[RayBundle, Tensor, Tensor]:
+        """Rays that decide validity: every keypoint, plus up to ``pixels_per_object`` mask pixels of each object.
+
+        Returns the rays, their object labels [R] and weights [R] (keypoint confidence, 1 for mask pixels).
+        """
+        meta = self.scene_metadata
+        kp_bundle, kp_batch = self.keypoint_rays(torch.arange(len(meta.keypoint_weight)))
+        ids = self.train_object_ids
+        frames, ys, xs = [], [], []
+        for k in range(meta.num_objects):
+            where = torch.nonzero(ids == k)
+            pick = torch.randperm(len(where), generator=generator)[:pixels_per_object]
+            frames.append(where[pick, 0])
+            ys.append(where[pick, 1])
+            xs.append(where[pick, 2])
+        frame, y, x = torch.cat(frames), torch.cat(ys), torch.cat(xs)
+        coords = torch.stack([y, x], dim=-1).float() + 0.5
+        cameras = self.train_dataset.cameras.to(self.device)
+        pixel_bundle = cameras.generate_rays(camera_indices=frame[:, None].to(self.device), coords=coords.to(self.device))
+        labels = torch.cat([kp_batch["object_id"][:, 0].cpu(), ids[frame, y, x]])
+        weights = torch.cat([kp_batch["keypoint_weight"].cpu(), torch.ones(len(frame))])
+        return concat_bundles(kp_bundle, pixel_bundle), labels, weights
+
+
+def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:
+    """One bundle with the rays of ``first`` followed by those of ``second`` (same fields and metadata keys)."""
+
+    def cat(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+        if a is None or b is None:
+            return None
+        return torch.cat([a, b.to(a.device)])
+
+    return RayBundle(
+        origins=torch.cat([first.origins, second.origins.to(first.origins.device)]),
+        directions=torch.cat([first.directions, second.directions.to(first.origins.device)]),
+        pixel_area=torch.cat([first.pixel_area, second.pixel_area.to(first.origins.device)]),
+        camera_indices=cat(first.camera_indices, second.camera_indices),
+        nears=cat(first.nears, second.nears),
+        fars=cat(first.fars, second.fars),
+        times=cat(first.times, second.times),
+        metadata={key: torch.cat([value, second.metadata[key].to(value.device)]) for key, value in first.metadata.items()},
+    )

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Set up osn-nerfstudio on this machine (idempotent) and run one task.
+#
+#   bash tools/dev.sh demo     set up, then run OSN on the embedded demo scene
+#   bash tools/dev.sh test     set up, then run the test suite (extra arguments go to pytest)
+#   bash tools/dev.sh setup    set up only
+#
+# The virtual environment lives in $OSN_VENV (default ~/.cache/osn-nerfstudio/venv) so that every
+# checkout on the machine reuses it; it is (re)installed only when pyproject.toml or the checkout changes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${OSN_VENV:-$HOME/.cache/osn-nerfstudio/venv}
+PYTHON=${OSN_PYTHON:-python3}
+
+log() { printf '\033[1;34m[osn]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1
+  fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || { log "apt-get not found; install these system packages yourself: $*"; return 1; }
+  log "installing system packages: $*"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_venv() {
+  if [ -x "$VENV/bin/python" ]; then return; fi
+  log "creating virtual environment $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    "$PYTHON" -m venv "$VENV"
+  fi
+}
+
+ensure_packages() {
+  local stamp="$VENV/.osn-nerfstudio-installed" want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  log "installing osn-nerfstudio and its dependencies into $VENV (first run: several minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+  echo "$want" >"$stamp"
+}
+
+setup() {
+  ensure_venv
+  ensure_packages
+  export PATH="$VENV/bin:$PATH"
+}
+
+task=${1:-}
+shift || true
+case "$task" in
+  setup)
+    setup
+    log "ready: source $VENV/bin/activate"
+    ;;
+  test)
+    setup
+    cd "$ROOT"
+    exec python -m pytest "$@"
+    ;;
+  demo)
+    setup
+    cd "$ROOT"
+    scene=$(python -c "from osn_nerfstudio.data.demo_scene import ensure_demo_scene; print(ensure_demo_scene())")
+    osn-validate-scene "$scene"
+    ;;
+  *)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
