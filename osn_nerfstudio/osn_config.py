@@ -5,7 +5,7 @@ from __future__ import annotations
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from osn_nerfstudio.osn_pipeline import OSNPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig
@@ -14,11 +14,20 @@ from osn_nerfstudio.osn_model import OSNModelConfig
 osn_method = MethodSpecification(
     config=TrainerConfig(
         method_name="osn",
-        pipeline=VanillaPipelineConfig(
-            datamanager=OSNDataManagerConfig(),
-            model=OSNModelConfig(),
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_save=1000,
+        max_num_iterations=4000,
+        mixed_precision=False,
+        pipeline=OSNPipelineConfig(
+            datamanager=OSNDataManagerConfig(train_num_rays_per_batch=1024, eval_num_rays_per_batch=1024),
+            model=OSNModelConfig(eval_num_rays_per_chunk=4096),
         ),
-        optimizers={"fields": {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": None}},
+        # grids learn best with a larger step than the MLP heads (benchmarks/field_backbones.py)
+        optimizers={
+            "object_encodings": {"optimizer": AdamOptimizerConfig(lr=5e-2, eps=1e-15), "scheduler": None},
+            "object_heads": {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": None},
+        },
         viewer=ViewerConfig(num_rays_per_chunk=1 << 14),
         vis="viewer",
     ),

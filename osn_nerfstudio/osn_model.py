@@ -1,25 +1,409 @@
-"""The OSN nerfstudio model (not implemented yet: the data pipeline up to the model is)."""
+"""The OSN nerfstudio model: per-object fields, scaled composite rendering, and the object scale network.
+
+Training has two phases (docs/method.md), chosen from the step alone so that a resumed run continues
+where it stopped:
+
+1. bootstrap (``bootstrap_steps``): every object learns alone from the rays of its own mask pixels and
+   keypoints (colour, opacity, keypoint depth in its own units);
+2. alternation: the fields learn from scaled composite renders at configurations the scale network calls
+   valid; every ``steps_per_round`` steps (and once when the bootstrap ends) the per-object depth cache
+   of the supervision rays is refreshed and the scale network is refitted on exact validity labels.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from osn_nerfstudio.core import metrics as metrics_lib
+from osn_nerfstudio.core.compositing import AloneOutputs, CompositeOutputs, ObjectSamples, composite, render_alone
+from osn_nerfstudio.core.geometry import interpolate_poses, intersect_aabb, normalise_to_box, rays_in_objects
+from osn_nerfstudio.core.validity import SupervisionCache, validity, validity_labels
+from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
+from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
+from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig, ScaleRanges
 
 
 @dataclass
 class OSNModelConfig(ModelConfig):
-    """OSN model settings."""
+    """OSN model settings: sampling, schedule, validity and losses."""
 
     _target: Type = field(default_factory=lambda: OSNModel)
+    enable_collider: bool = False
+    """Objects are sampled inside their own boxes; nerfstudio's scene collider is not used."""
+    fields: ObjectFieldsConfig = field(default_factory=ObjectFieldsConfig)
+    """Per-object radiance fields."""
+    scale_network: ScaleNetworkConfig = field(default_factory=ScaleNetworkConfig)
+    """The object scale network."""
+    num_coarse_samples: int = 16
+    """Stratified samples per object and ray inside the object's box (density only)."""
+    num_fine_samples: int = 16
+    """Samples per object and ray drawn from the coarse weights (nerfstudio's PDF sampler); the coarse ones
+    are kept too."""
+    background_color: Literal["black", "white"] = "black"
+    """Colour behind everything, for rays that leave every object."""
+    bootstrap_steps: int = 1000
+    """Steps of phase 1, where each object learns alone."""
+    steps_per_round: int = 500
+    """Field steps between two refits of the scale network in phase 2."""
+    configurations_per_batch: int = 4
+    """Valid configurations sampled per training step; the batch's rays are split among them."""
+    supervision_pixels_per_object: int = 1024
+    """Mask pixels per object added to all keypoints to form the rays that decide validity."""
+    validity_candidates: int = 16384
+    """Configurations labelled by exact validity at each refit (uniform in normalised log-scale)."""
+    validity_threshold: float = 0.95
+    """A configuration is valid when at least this (weighted) fraction of supervision rays is explained."""
+    min_valid_fraction: float = 0.02
+    """If fewer candidates pass the threshold, the best this fraction are labelled valid."""
+    min_accumulation: float = 0.5
+    """Objects more transparent than this on a ray do not take part in its Z-buffer."""
+    rgb_loss_mult: float = 1.0
+    """Colour loss of composite renders (phase 2)."""
+    alone_rgb_loss_mult: float = 1.0
+    """Colour loss of the labelled object rendered alone (phase 1; scaled by ``alone_loss_phase2`` after)."""
+    alone_accumulation_loss_mult: float = 0.1
+    """Pushes the labelled object's opacity to 1 where it is visible."""
+    keypoint_depth_loss_mult: float = 0.1
+    """Relative keypoint depth error, alone (own units) and in the composite (scaled by s_k)."""
+    segmentation_loss_mult: float = 0.05
+    """NLL of the labelled object's share of the composite weights (phase 2)."""
+    alone_loss_phase2: float = 0.1
+    """Factor on the alone losses during phase 2 (they keep the Z-buffer's per-object depths sharp)."""
+    regularisation_mult: float = 0.0
+    """Weight of the fields' own regulariser (total variation of grids)."""
+    render_frame: float = 0.0
+    """Frame shown when a camera carries neither a frame index nor a time."""
 
 
 class OSNModel(Model):
+    """Renders K rigid objects at a configuration of scales and learns which configurations are valid."""
+
     config: OSNModelConfig
 
     def populate_modules(self):
-        raise NotImplementedError(
-            "The OSN model is not implemented yet in this version of osn-nerfstudio: the scene was loaded, "
-            "validated and batched, but there is nothing to train."
+        super().populate_modules()
+        if METADATA_KEY not in self.kwargs.get("metadata", {}):
+            raise ValueError("The osn model needs an OSN scene: train with the osn-data dataparser (--data SCENE).")
+        meta: OSNSceneMetadata = self.kwargs["metadata"][METADATA_KEY]
+        self.object_names: List[str] = list(meta.object_names)
+        self.num_objects = meta.num_objects
+        self.register_buffer("camera_to_object", meta.camera_to_object.clone())
+        self.register_buffer("registered", meta.registered.clone())
+        self.register_buffer("bbox_min", meta.bbox_min.clone())
+        self.register_buffer("bbox_max", meta.bbox_max.clone())
+        self.register_buffer("frame_times", meta.frame_times.clone())
+        self.register_buffer("scale_range", meta.scale_range.clone())
+        self.register_buffer("depth_bounds", torch.tensor([meta.near, meta.far]))
+        true = meta.true_scales if meta.true_scales is not None else torch.full((self.num_objects,), float("nan"))
+        self.register_buffer("true_scales", true.clone())
+        self.register_buffer("render_scales", torch.ones(self.num_objects))
+        self.register_buffer("train_scales", torch.ones(self.config.configurations_per_batch, self.num_objects))
+        self.fields = ObjectFields(self.num_objects, self.config.fields)
+        self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
+        self.ranges = ScaleRanges(meta.scale_range)
+        self.coarse_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
+        self.fine_sampler = PDFSampler(num_samples=self.config.num_fine_samples, include_original=True)
+        color = 1.0 if self.config.background_color == "white" else 0.0
+        self.register_buffer("background", torch.full((3,), color))
+        self.step = 0
+
+    # ---------------------------------------------------------------- schedule
+
+    def phase(self, step: int) -> Literal["bootstrap", "alternation"]:
+        return "bootstrap" if step < self.config.bootstrap_steps else "alternation"
+
+    def is_refit_step(self, step: int) -> bool:
+        """Refit after the bootstrap's last step and after every round of phase 2."""
+        done = step + 1 - self.config.bootstrap_steps
+        return done >= 0 and done % self.config.steps_per_round == 0
+
+    def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
+        return self.fields.param_groups()
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        pipeline = training_callback_attributes.pipeline
+
+        def before_step(step: int) -> None:
+            self.step = step
+            if self.phase(step) == "alternation":
+                self.train_scales.copy_(self.scale_network.sample(self.config.configurations_per_batch).scales)
+
+        def after_step(step: int) -> None:
+            if self.is_refit_step(step):
+                assert pipeline is not None
+                self.refit_scale_network(pipeline.datamanager, step)
+
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before_step, update_every_num_iters=1),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step, update_every_num_iters=1),
+        ]
+
+    # ---------------------------------------------------------------- rendering
+
+    def frame_positions(self, ray_bundle: RayBundle) -> Float[Tensor, "R"]:
+        """Fractional frame of every ray: camera metadata, else its time, else ``render_frame``."""
+        num_rays = ray_bundle.origins.shape[0]
+        if "frame_index" in ray_bundle.metadata:
+            return ray_bundle.metadata["frame_index"][:, 0].float()
+        if ray_bundle.times is not None:
+            return time_to_frame(ray_bundle.times[:, 0], self.frame_times)
+        return torch.full((num_rays,), self.config.render_frame, device=ray_bundle.origins.device)
+
+    def sample_objects(
+        self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], active: Optional[Bool[Tensor, "R K"]] = None
+    ) -> ObjectSamples:
+        """Samples of every object inside its box along every ray, with the fields evaluated there.
+
+        Only (ray, object) pairs where the ray meets the object's box (and ``active`` allows) are evaluated;
+        the others get zero density.
+        """
+        num_rays, K = ray_bundle.origins.shape[0], self.num_objects
+        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
+        origins, directions = rays_in_objects(ray_bundle.origins, ray_bundle.directions, poses[:, 0], poses, scales)
+        nears, fars, hit = intersect_aabb(origins, directions, self.bbox_min.expand_as(origins), self.bbox_max.expand_as(origins))
+        # nothing sits closer to the camera than the scene's near bound, whatever its scale
+        nears = torch.maximum(nears, self.depth_bounds[0] / scales)
+        hit = hit & present & (fars > nears)
+        if active is not None:
+            hit = hit & active
+        device = origins.device
+        evaluated = []
+        for k in range(K):
+            rays = torch.nonzero(hit[:, k])[:, 0]
+            if rays.numel() == 0:
+                continue
+            object_rays = RayBundle(
+                origins=origins[rays, k],
+                directions=directions[rays, k],
+                pixel_area=torch.ones(rays.numel(), 1, device=device),
+                nears=nears[rays, k, None],
+                fars=fars[rays, k, None],
+            )
+            evaluated.append((k, rays, *self.sample_object(k, object_rays)))
+        # the PDF sampler merges coarse and fine bins, so the count per ray is read off its output
+        num_samples = evaluated[0][2].frustums.starts.shape[1] if evaluated else 1
+        starts = torch.zeros(num_rays, K, num_samples, device=device)
+        ends = torch.zeros(num_rays, K, num_samples, device=device)
+        density = torch.zeros(num_rays, K, num_samples, device=device)
+        rgb = torch.zeros(num_rays, K, num_samples, 3, device=device)
+        for k, rays, samples, object_density, object_rgb in evaluated:
+            starts[rays, k] = samples.frustums.starts[..., 0]
+            ends[rays, k] = samples.frustums.ends[..., 0]
+            density[rays, k] = object_density
+            rgb[rays, k] = object_rgb
+        return ObjectSamples(starts=starts, ends=ends, density=density, rgb=rgb)
+
+    def sample_object(self, k: int, object_rays: RayBundle) -> Tuple[RaySamples, Tensor, Tensor]:
+        """Stratified samples in object k's box, then PDF samples from their weights; fields at all of them."""
+        coarse = self.coarse_sampler(object_rays)
+        coarse_density = self.fields.object_density(k, self.unit_points(k, coarse.frustums.get_positions()))
+        coarse_weights = coarse.get_weights(coarse_density[..., None])
+        fine = self.fine_sampler(object_rays, coarse, coarse_weights)
+        density, rgb = self.fields.object_forward(k, self.unit_points(k, fine.frustums.get_positions()), fine.frustums.directions)
+        return fine, density, rgb
+
+    def unit_points(self, k: int, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
+        return normalise_to_box(positions, self.bbox_min[k], self.bbox_max[k]).clamp(0.0, 1.0)
+
+    def scales_per_ray(self, num_rays: int, device) -> Float[Tensor, "R K"]:
+        if self.training:
+            groups = self.train_scales.shape[0]
+            return self.train_scales[torch.arange(num_rays, device=device) % groups]
+        return self.render_scales.expand(num_rays, -1)
+
+    def get_outputs(self, ray_bundle: RayBundle, active: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        num_rays = ray_bundle.origins.shape[0]
+        scales = self.scales_per_ray(num_rays, ray_bundle.origins.device)
+        samples = self.sample_objects(ray_bundle, scales, active)
+        mixed = composite(samples, scales, self.background)
+        alone = render_alone(samples)
+        return self.collect_outputs(ray_bundle, scales, mixed, alone)
+
+    def get_training_outputs(self, ray_bundle: RayBundle, batch: Dict) -> Dict[str, Tensor]:
+        """Training forward pass: during the bootstrap only each ray's labelled object is rendered."""
+        active = None
+        if self.phase(self.step) == "bootstrap":
+            labels = batch["object_id"][:, 0].to(ray_bundle.origins.device).long()
+            active = F.one_hot(labels.clamp_min(0), self.num_objects).bool() & (labels >= 0)[:, None]
+        return self.get_outputs(ray_bundle, active)
+
+    def collect_outputs(
+        self, ray_bundle: RayBundle, scales: Tensor, mixed: CompositeOutputs, alone: AloneOutputs
+    ) -> Dict[str, Tensor]:
+        directions_norm = ray_bundle.metadata.get("directions_norm", torch.ones_like(mixed.depth))
+        segmentation = mixed.object_weights / mixed.accumulation.clamp_min(1e-6)
+        outputs = {
+            "rgb": mixed.rgb,
+            "depth": mixed.depth,
+            "z_depth": mixed.depth / directions_norm,
+            "accumulation": mixed.accumulation,
+            "object_weights": mixed.object_weights,
+            "segmentation": self.segmentation_colors()[segmentation.argmax(-1)],
+            "alone_rgb": alone.rgb,
+            "alone_depth": alone.depth,
+            "alone_accumulation": alone.accumulation,
+            "scales": scales,
+            "directions_norm": directions_norm,
+        }
+        for k, name in enumerate(self.object_names):
+            outputs[f"depth_{name}"] = alone.depth[:, k : k + 1] * scales[:, k : k + 1]
+        return outputs
+
+    def segmentation_colors(self) -> Float[Tensor, "K 3"]:
+        return colormaps.apply_colormap(
+            torch.linspace(0, 1, max(self.num_objects, 2), device=self.bbox_min.device)[: self.num_objects, None],
+            colormaps.ColormapOptions(colormap="turbo"),
         )
+
+    # ---------------------------------------------------------------- losses
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"][..., :3].to(outputs["rgb"].device)
+        return {"psnr": self.psnr(outputs["rgb"].detach(), image)}
+
+    def psnr(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return -10.0 * torch.log10(F.mse_loss(prediction, target).clamp_min(1e-10))
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        device = outputs["rgb"].device
+        image = batch["image"][..., :3].to(device)
+        labels = batch["object_id"][:, 0].to(device).long()
+        kp_weight = batch.get("keypoint_weight", torch.zeros_like(labels, dtype=torch.float)).to(device)
+        kp_depth = batch.get("keypoint_depth", torch.zeros_like(kp_weight)).to(device)
+        labelled = labels >= 0
+        label_index = labels.clamp_min(0)[:, None]
+        directions_norm = outputs["directions_norm"][:, 0]
+        # keypoint z-depth (own units) as a distance along the unit-length object-space ray
+        kp_distance = kp_depth * directions_norm
+
+        alone_rgb = outputs["alone_rgb"].gather(1, label_index[..., None].expand(-1, 1, 3))[:, 0]
+        alone_acc = outputs["alone_accumulation"].gather(1, label_index)[:, 0]
+        alone_depth = outputs["alone_depth"].gather(1, label_index)[:, 0]
+        losses = {
+            "alone_rgb": masked_mean((alone_rgb - image).pow(2).sum(-1), labelled) * self.config.alone_rgb_loss_mult,
+            "alone_accumulation": masked_mean((1 - alone_acc).pow(2), labelled) * self.config.alone_accumulation_loss_mult,
+            "alone_keypoint_depth": weighted_relative_error(alone_depth, kp_distance, kp_weight)
+            * self.config.keypoint_depth_loss_mult,
+        }
+        if self.phase(self.step) == "alternation" or not self.training:
+            for key in losses:
+                losses[key] = losses[key] * self.config.alone_loss_phase2
+            scale_of_label = outputs["scales"].gather(1, label_index)[:, 0]
+            share = outputs["object_weights"].gather(1, label_index)[:, 0] / outputs["accumulation"][:, 0].clamp_min(1e-6)
+            losses["rgb"] = F.mse_loss(outputs["rgb"], image) * self.config.rgb_loss_mult
+            losses["keypoint_depth"] = (
+                weighted_relative_error(outputs["depth"][:, 0], scale_of_label * kp_distance, kp_weight)
+                * self.config.keypoint_depth_loss_mult
+            )
+            losses["segmentation"] = (
+                masked_mean(-torch.log(share.clamp(1e-6, 1.0)), labelled) * self.config.segmentation_loss_mult
+            )
+        if self.training and self.config.regularisation_mult > 0:
+            losses["regularisation"] = self.fields.regularisation() * self.config.regularisation_mult
+        return losses
+
+    # ---------------------------------------------------------------- scale network
+
+    @torch.no_grad()
+    def supervision_cache(self, ray_bundle: RayBundle, labels: Tensor, weights: Tensor, chunk: int = 4096) -> SupervisionCache:
+        """Every object rendered alone on the supervision rays: own-unit depth and accumulation."""
+        depths, accs = [], []
+        ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
+        for start in range(0, len(ray_bundle), chunk):
+            rays = ray_bundle[start : start + chunk].to(self.bbox_min.device)
+            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1)))
+            depths.append(alone.depth)
+            accs.append(alone.accumulation)
+        return SupervisionCache(
+            depth=torch.cat(depths).cpu(), acc=torch.cat(accs).cpu(), label=labels.long().cpu(), weight=weights.float().cpu()
+        )
+
+    def refit_scale_network(self, datamanager, step: int) -> Dict[str, float]:
+        """Refresh the cache, label candidate configurations by exact validity, and fit the scale network."""
+        if self.num_objects < 2:
+            return {}
+        was_training = self.training
+        self.eval()
+        generator = torch.Generator().manual_seed(step)
+        rays, labels, weights = datamanager.supervision_rays(self.config.supervision_pixels_per_object, generator)
+        cache = self.supervision_cache(rays, labels, weights)
+        self.train(was_training)
+        u = torch.rand(self.config.validity_candidates, self.num_objects - 1, generator=generator)
+        scores = validity(cache, self.ranges.denormalise(u), self.config.min_accumulation)
+        valid = validity_labels(scores, self.config.validity_threshold, self.config.min_valid_fraction)
+        stats = self.scale_network.fit(u.to(self.bbox_min.device), valid.to(self.bbox_min.device))
+        self.choose_render_scales(cache)
+        CONSOLE.print(
+            f"step {step}: scale network refit on {len(labels)} rays; {int(valid.sum())}/{len(valid)} candidates valid "
+            f"(best validity {float(scores.max()):.3f}); render scales {[round(s, 3) for s in self.render_scales.tolist()]}"
+        )
+        return {"valid_fraction": float(valid.float().mean()), **stats}
+
+    @torch.no_grad()
+    def choose_render_scales(self, cache: SupervisionCache, num_samples: int = 100) -> None:
+        """Render at the sampled valid configuration closest to the truth (log space) when it is known."""
+        sampled = self.scale_network.sample(num_samples).scales.to(self.render_scales.device)
+        if torch.isnan(self.true_scales).any():
+            self.render_scales.copy_(sampled[0])
+            return
+        distance = (sampled.log() - self.true_scales.log()).abs().amax(-1)
+        self.render_scales.copy_(sampled[distance.argmin()])
+
+    # ---------------------------------------------------------------- evaluation images
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        """PSNR and SSIM of colour; depth and segmentation scores where the batch has ground truth."""
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
+        image = batch["image"][..., :3].to(outputs["rgb"].device)
+        rgb = outputs["rgb"].clamp(0, 1)
+        metrics = {
+            "psnr": metrics_lib.psnr(rgb, image),
+            "ssim": float(structural_similarity_index_measure(rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None], data_range=1.0)),
+        }
+        if "gt_depth" in batch:
+            depth_errors = metrics_lib.median_aligned_depth_errors(outputs["z_depth"][..., 0], batch["gt_depth"][..., 0].to(rgb.device))
+            metrics.update({f"depth_{k}": v for k, v in depth_errors.items()})
+        if "object_id" in batch:
+            predicted = outputs["object_weights"].argmax(-1)
+            metrics["miou"] = metrics_lib.mean_iou(predicted, batch["object_id"][..., 0].to(rgb.device), self.num_objects)
+        images = {
+            "img": torch.cat([image, rgb], dim=1),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+            "segmentation": outputs["segmentation"],
+        }
+        return metrics, images
+
+
+def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) -> Float[Tensor, "R"]:
+    """Fractional frame index of normalised times (piecewise linear between frame times)."""
+    if frame_times.numel() == 1:
+        return torch.zeros_like(times)
+    times = times.clamp(float(frame_times[0]), float(frame_times[-1]))
+    upper = torch.searchsorted(frame_times, times.contiguous()).clamp(1, frame_times.numel() - 1)
+    lower = upper - 1
+    span = (frame_times[upper] - frame_times[lower]).clamp_min(1e-12)
+    return lower.float() + (times - frame_times[lower]) / span
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def weighted_relative_error(prediction: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Mean weighted |prediction - target| / target over rays with weight > 0 (unit-free across objects)."""
+    relative = (prediction - target).abs() / target.clamp_min(1e-6)
+    return (relative * weight).sum() / weight.sum().clamp_min(1e-6)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up osn-nerfstudio on this machine (idempotent) and run one task.
 #
-#   bash tools/dev.sh demo     set up, then run OSN on the embedded demo scene
+#   bash tools/dev.sh demo     set up, then train OSN on the embedded demo scene and report how it did
 #   bash tools/dev.sh test     set up, then run the test suite (extra arguments go to pytest)
 #   bash tools/dev.sh setup    set up only
 #
@@ -70,8 +70,12 @@ case "$task" in
   demo)
     setup
     cd "$ROOT"
-    scene=$(python -c "from osn_nerfstudio.data.demo_scene import ensure_demo_scene; print(ensure_demo_scene())")
-    osn-validate-scene "$scene"
+    osn-train configs/demo-cpu.yaml "$@"
+    run=$(ls -td outputs/osn-demo/osn/*/ | head -n 1)
+    log "trained: ${run}config.yml; evaluating on the demo's novel-view test cameras"
+    ns-eval --load-config "${run}config.yml" --output-path "${run}eval.json" --render-output-path "${run}renders"
+    osn-sample-configurations --load-config "${run}config.yml" --output "${run}configurations.json" --overwrite
+    python -m osn_nerfstudio.scripts.summarise_run "$run"
     ;;
   *)
     sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'

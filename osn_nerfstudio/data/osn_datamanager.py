@@ -43,10 +43,10 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
     def scene_metadata(self) -> OSNSceneMetadata:
         return self.train_dataparser_outputs.metadata[METADATA_KEY]
 
-    def setup_train(self):
-        super().setup_train()
+    def __init__(self, *args, **kwargs):
         self._train_images: Optional[Tensor] = None
         self._train_object_ids: Optional[Tensor] = None
+        super().__init__(*args, **kwargs)
 
     def _load_train_frames(self) -> None:
         """All training images and object-id maps, kept for keypoint colours and supervision rays."""

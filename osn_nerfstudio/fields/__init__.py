@@ -1,0 +1,1 @@
+"""Per-object scale-invariant radiance fields."""

@@ -1,0 +1,296 @@
+"""Per-object scale-invariant radiance fields (DESIGN.md §1).
+
+Every object k has its own radiance field over its unit volume: sample points arrive normalised to
+[0, 1]^3 inside the object's bounding box, directions are unit vectors in object coordinates. The K
+fields share nothing but their architecture, so changing one object's parameters never changes another
+object's output. Query all objects at once with the same number M of samples each (``forward``,
+``density``), or one object on any number of samples (``object_forward``, ``object_density``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.field_components.activations import trunc_exp
+from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlanesEncoding, SHEncoding
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.utils.external import TCNN_EXISTS
+from torch import Tensor, nn
+
+TCNN_INSTALL_HINT = (
+    "install it on a CUDA machine with "
+    "`pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch`, "
+    "or set the object fields' implementation to 'torch' (or 'auto', which picks torch when tcnn cannot run)"
+)
+
+
+@dataclass
+class ObjectFieldsConfig:
+    """Architecture of the per-object radiance fields (one field per object, all alike)."""
+
+    backbone: Literal["grid", "hash", "kplanes"] = "grid"
+    """Spatial feature encoding. "grid": multi-resolution dense grids read with grid_sample, all objects in
+    one call per level (fastest on CPU, benchmarks/field_backbones.py); "hash": Instant-NGP hash grids
+    (fast with tcnn on CUDA, slow in pure torch); "kplanes": multi-resolution factorised planes (K-Planes)."""
+    implementation: Literal["auto", "tcnn", "torch"] = "auto"
+    """tinycudann kernels or pure torch; "auto" takes tcnn when it is importable and CUDA is available."""
+    grid_resolutions: Tuple[int, ...] = (16, 32, 64)
+    """Cells per side of each dense grid level ("grid" backbone; memory grows with the cube)."""
+    grid_features: int = 4
+    """Feature channels per dense grid level ("grid" backbone)."""
+    grid_init_scale: float = 0.1
+    """Dense grid features start uniform in [-scale, scale] ("grid" backbone)."""
+    hash_levels: int = 12
+    """Number of hash grid levels ("hash" backbone)."""
+    hash_min_resolution: int = 16
+    """Resolution of the coarsest hash grid level ("hash" backbone)."""
+    hash_max_resolution: int = 256
+    """Resolution of the finest hash grid level ("hash" backbone)."""
+    hash_log2_table_size: int = 17
+    """log2 of the hash table entries per level and object ("hash" backbone)."""
+    hash_features: int = 2
+    """Features per hash grid level ("hash" backbone)."""
+    plane_resolutions: Tuple[int, ...] = (32, 64, 128)
+    """Resolution of each level's three planes ("kplanes" backbone)."""
+    plane_features: int = 16
+    """Feature channels per plane level, the product of its three planes' features ("kplanes" backbone)."""
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs (16, 32, 64 or 128 use tcnn's fully fused MLP)."""
+    geo_feat_dim: int = 15
+    """Features passed from the density MLP to the colour MLP."""
+    colour_layers: int = 2
+    """Layers of the colour MLP (hidden layers + output layer)."""
+    direction_levels: int = 3
+    """Spherical-harmonics levels (1 to 4) encoding the view direction; 1 makes colour view-independent."""
+    density_bias: float = -1.0
+    """Added to the raw density before the exponential: the initial density is about exp(density_bias)
+    per unit of box side, a faint fog that still passes gradients to every sample."""
+
+
+def resolve_implementation(implementation: Literal["auto", "tcnn", "torch"]) -> Literal["tcnn", "torch"]:
+    """The kernels to build with: "auto" means tcnn where it can run; an explicit "tcnn" that cannot run fails."""
+    tcnn_runs = TCNN_EXISTS and torch.cuda.is_available()
+    if implementation == "auto":
+        return "tcnn" if tcnn_runs else "torch"
+    if implementation == "tcnn" and not tcnn_runs:
+        raise RuntimeError(
+            "ObjectFieldsConfig.implementation='tcnn' needs tinycudann and a CUDA device "
+            f"(tinycudann importable: {TCNN_EXISTS}, CUDA available: {torch.cuda.is_available()}); "
+            + TCNN_INSTALL_HINT
+            + "."
+        )
+    return implementation
+
+
+def total_variation(grid: Tensor, spatial_dims: int) -> Tensor:
+    """Mean squared difference between neighbouring cells along each of the last ``spatial_dims`` axes."""
+    # mse_loss of shifted views fuses difference, square and mean: a third faster than diff().square().mean()
+    return sum(
+        F.mse_loss(grid.narrow(dim, 1, grid.shape[dim] - 1), grid.narrow(dim, 0, grid.shape[dim] - 1))
+        for dim in range(grid.dim() - spatial_dims, grid.dim())
+    )
+
+
+class DenseGridEncoding(nn.Module):
+    """Multi-resolution dense feature grids, one set per object, read for all objects in one grid_sample per level.
+
+    Level tensors are [K, C, D, H, W]; grid_sample reads a point (x, y, z) in [-1, 1] at (W, H, D), so x
+    runs along the last axis. Trilinear interpolation keeps gradients to the sample positions.
+    """
+
+    def __init__(self, num_objects: int, resolutions: Sequence[int], features: int, init_scale: float) -> None:
+        super().__init__()
+        self.features = features
+        self.levels = nn.ParameterList(
+            nn.Parameter(torch.empty(num_objects, features, r, r, r).uniform_(-init_scale, init_scale))
+            for r in resolutions
+        )
+
+    def get_out_dim(self) -> int:
+        return self.features * len(self.levels)
+
+    def forward(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M F"]:
+        return self.read(list(self.levels), points)
+
+    def object_features(self, k: int, points: Float[Tensor, "M 3"]) -> Float[Tensor, "M F"]:
+        """Features of object k's grids only (its samples need not match other objects' in number)."""
+        return self.read([level[k : k + 1] for level in self.levels], points[None])[0]
+
+    @staticmethod
+    def read(levels: List[Tensor], points: Float[Tensor, "N M 3"]) -> Float[Tensor, "N M F"]:
+        """Trilinear features of N objects' levels (each [N, C, D, H, W]) at M points each, levels concatenated."""
+        num_objects, num_samples, _ = points.shape
+        coords = (points * 2.0 - 1.0).view(num_objects, 1, 1, num_samples, 3)
+        features = [
+            F.grid_sample(level, coords, mode="bilinear", padding_mode="border", align_corners=True)
+            for level in levels
+        ]
+        return torch.cat(features, dim=1).view(num_objects, -1, num_samples).transpose(1, 2)
+
+    def regularisation(self) -> Tensor:
+        return sum(total_variation(level, spatial_dims=3) for level in self.levels)
+
+
+class PerObjectEncoding(nn.Module):
+    """nerfstudio encodings, one list per object whose features are concatenated, evaluated object by object."""
+
+    def __init__(self, encodings: List[List[Encoding]], centred_input: bool) -> None:
+        super().__init__()
+        self.encodings = nn.ModuleList(nn.ModuleList(object_encodings) for object_encodings in encodings)
+        self.centred_input = centred_input
+        """True for encodings that read coordinates in [-1, 1] rather than [0, 1]."""
+
+    def get_out_dim(self) -> int:
+        return sum(encoding.get_out_dim() for encoding in self.encodings[0])
+
+    def forward(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M F"]:
+        coords = points * 2.0 - 1.0 if self.centred_input else points
+        return torch.stack(
+            [
+                torch.cat([encoding(object_coords) for encoding in object_encodings], dim=-1).float()
+                for object_encodings, object_coords in zip(self.encodings, coords)
+            ]
+        )
+
+    def object_features(self, k: int, points: Float[Tensor, "M 3"]) -> Float[Tensor, "M F"]:
+        coords = points * 2.0 - 1.0 if self.centred_input else points
+        return torch.cat([encoding(coords) for encoding in self.encodings[k]], dim=-1).float()
+
+    def regularisation(self) -> Tensor:
+        """Total variation of every plane (K-Planes' spatial smoothness); zero for encodings without planes."""
+        planes = [
+            plane
+            for encoding in self.encodings.modules()
+            if isinstance(encoding, KPlanesEncoding)
+            for plane in encoding.plane_coefs
+        ]
+        zero = torch.zeros((), device=next(self.parameters()).device)
+        return sum((total_variation(plane, spatial_dims=2) for plane in planes), zero)
+
+
+def build_encoding(num_objects: int, config: ObjectFieldsConfig, implementation: str) -> nn.Module:
+    """The spatial encoding of ``config.backbone`` for ``num_objects`` independent objects."""
+    if config.backbone == "grid":
+        return DenseGridEncoding(num_objects, config.grid_resolutions, config.grid_features, config.grid_init_scale)
+    if config.backbone == "hash":
+        hash_encodings = [
+            [
+                HashEncoding(
+                    num_levels=config.hash_levels,
+                    min_res=config.hash_min_resolution,
+                    max_res=config.hash_max_resolution,
+                    log2_hashmap_size=config.hash_log2_table_size,
+                    features_per_level=config.hash_features,
+                    implementation=implementation,
+                )
+            ]
+            for _ in range(num_objects)
+        ]
+        return PerObjectEncoding(hash_encodings, centred_input=False)
+    if config.backbone == "kplanes":
+        plane_encodings = [
+            [KPlanesEncoding((r, r, r), num_components=config.plane_features) for r in config.plane_resolutions]
+            for _ in range(num_objects)
+        ]
+        return PerObjectEncoding(plane_encodings, centred_input=True)
+    raise ValueError(f"unknown object field backbone {config.backbone!r}; choose 'grid', 'hash' or 'kplanes'")
+
+
+class ObjectFields(nn.Module):
+    """K independent radiance fields, each over its object's unit box: density and view-dependent colour."""
+
+    def __init__(self, num_objects: int, config: ObjectFieldsConfig) -> None:
+        super().__init__()
+        self.num_objects = num_objects
+        self.config = config
+        self.implementation = resolve_implementation(config.implementation)
+        self.encoding = build_encoding(num_objects, config, self.implementation)
+        self.direction_encoding = SHEncoding(levels=config.direction_levels, implementation=self.implementation)
+        self.density_heads = nn.ModuleList(
+            MLP(
+                in_dim=self.encoding.get_out_dim(),
+                num_layers=2,
+                layer_width=config.hidden_dim,
+                out_dim=1 + config.geo_feat_dim,
+                implementation=self.implementation,
+            )
+            for _ in range(num_objects)
+        )
+        self.colour_heads = nn.ModuleList(
+            MLP(
+                in_dim=config.geo_feat_dim + self.direction_encoding.get_out_dim(),
+                num_layers=config.colour_layers,
+                layer_width=config.hidden_dim,
+                out_dim=3,
+                out_activation=nn.Sigmoid(),
+                implementation=self.implementation,
+            )
+            for _ in range(num_objects)
+        )
+
+    def geometry(self, points: Float[Tensor, "K M 3"]) -> Tuple[Float[Tensor, "K M"], Float[Tensor, "K M G"]]:
+        """Density and the geometry features that condition colour."""
+        features = self.encoding(points)
+        raw = torch.stack([head(features_k).float() for head, features_k in zip(self.density_heads, features)])
+        return self.activate_density(raw[..., 0]), raw[..., 1:]
+
+    def activate_density(self, raw: Tensor) -> Tensor:
+        """Non-negative density from the density MLP's first output."""
+        return trunc_exp(raw + self.config.density_bias)
+
+    def density(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M"]:
+        """Density alone (no colour MLP), for coarse sampling passes."""
+        return self.geometry(points)[0]
+
+    def forward(
+        self, points: Float[Tensor, "K M 3"], directions: Float[Tensor, "K M 3"]
+    ) -> Tuple[Float[Tensor, "K M"], Float[Tensor, "K M 3"]]:
+        """Density (>= 0) and rgb (in [0, 1]) of every object's samples."""
+        density, geo_features = self.geometry(points)
+        colour_input = torch.cat([geo_features, self.encode_directions(directions).to(geo_features.dtype)], dim=-1)
+        rgb = torch.stack([head(object_input).float() for head, object_input in zip(self.colour_heads, colour_input)])
+        return density, rgb
+
+    def object_geometry(
+        self, k: int, points: Float[Tensor, "*bs 3"]
+    ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs G"]]:
+        """``geometry`` for object k alone, on any number of points."""
+        shape = points.shape[:-1]
+        raw = self.density_heads[k](self.encoding.object_features(k, points.reshape(-1, 3))).float()
+        return self.activate_density(raw[..., 0]).reshape(shape), raw[..., 1:].reshape(*shape, -1)
+
+    def object_density(self, k: int, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
+        """Density of object k alone, for coarse sampling passes."""
+        return self.object_geometry(k, points)[0]
+
+    def object_forward(
+        self, k: int, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]
+    ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs 3"]]:
+        """``forward`` for object k alone: the model evaluates each object only on the rays that meet its box."""
+        density, geo_features = self.object_geometry(k, points)
+        colour_input = torch.cat([geo_features, self.encode_directions(directions).to(geo_features.dtype)], dim=-1)
+        shape = points.shape[:-1]
+        rgb = self.colour_heads[k](colour_input.reshape(-1, colour_input.shape[-1])).float()
+        return density, rgb.reshape(*shape, 3)
+
+    def encode_directions(self, directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs D"]:
+        """Spherical harmonics of unit view directions."""
+        # tcnn's spherical harmonics read directions mapped to [0, 1], nerfstudio's torch version unit vectors
+        if self.direction_encoding.tcnn_encoding is not None:
+            directions = (directions + 1.0) / 2.0
+        return self.direction_encoding(directions.reshape(-1, 3)).reshape(*directions.shape[:-1], -1)
+
+    def regularisation(self) -> Float[Tensor, ""]:
+        """Total variation of the feature grids or planes (zero for hash grids)."""
+        return self.encoding.regularisation()
+
+    def param_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """Feature grids and MLP heads apart: grids train best with a larger learning rate than MLPs
+        ("grid" backbone: Adam 5e-2 for the grids, 1e-2 for the heads; benchmarks/field_backbones.py)."""
+        encoding = list(self.encoding.parameters())
+        heads = list(self.density_heads.parameters()) + list(self.colour_heads.parameters())
+        return {"object_encodings": encoding, "object_heads": heads}

@@ -1,0 +1,244 @@
+"""The object scale network (OSN): which configurations of object scales reproduce the video (DESIGN.md section 2).
+
+Pure torch. A configuration is ``s = (1, s_1, ..., s_{K-1})``; the network sees it as the normalised log-scale
+``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` in [0, 1]^(K-1) and outputs the logit of the probability
+that the configuration is valid. It is trained with class-balanced BCE on exact validity labels
+(:mod:`osn_nerfstudio.core.validity`) and sampled by rejection: uniform candidates scored above 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+
+@dataclass
+class ScaleNetworkConfig:
+    """Object scale network: architecture, training per alternation round, and sampling."""
+
+    hidden_dim: int = 64
+    """Width of the hidden layers."""
+    num_layers: int = 3
+    """Number of hidden layers (ReLU)."""
+    lr: float = 5e-3
+    """Adam learning rate."""
+    train_steps: int = 500
+    """Optimisation steps per alternation round."""
+    batch_size: int = 1024
+    """Labelled configurations per optimisation step (drawn with replacement)."""
+    candidates_per_sample: int = 32
+    """Uniform candidates drawn per requested configuration when sampling: valid regions smaller than
+    1/candidates_per_sample of the scale ranges fall back to the best-scored candidates."""
+
+
+class ScaleRanges:
+    """Log-space normalisation between scales ``[..., K]`` and the network's input ``u`` in [0, 1]^(K-1)."""
+
+    def __init__(self, scale_range: Float[Tensor, "K 2"]) -> None:
+        if scale_range.ndim != 2 or scale_range.shape[1] != 2 or scale_range.shape[0] < 1:
+            raise ValueError(f"scale_range must be [K, 2] with K >= 1, got {tuple(scale_range.shape)}.")
+        if not torch.allclose(scale_range[0], torch.ones_like(scale_range[0])):
+            raise ValueError(f"scale_range row 0 (the background) must be [1, 1], got {scale_range[0].tolist()}.")
+        low, high = scale_range[1:, 0], scale_range[1:, 1]
+        bad = ((low <= 0) | ~(high > low)).nonzero()[:, 0]
+        if len(bad):
+            k = int(bad[0]) + 1
+            lo, hi = scale_range[k].tolist()
+            raise ValueError(
+                f"object {k}: scale range [{lo:.4g}, {hi:.4g}] must satisfy 0 < lo < hi; "
+                "check the scene's scale ranges (docs/dataparser.md)."
+            )
+        self.scale_range = scale_range
+        self.log_low = low.log()
+        self.log_span = high.log() - self.log_low
+
+    @property
+    def num_objects(self) -> int:
+        return self.scale_range.shape[0]
+
+    def normalise(self, scales: Float[Tensor, "*bs K"]) -> Float[Tensor, "*bs Km1"]:
+        """``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` for the foreground objects k >= 1."""
+        log_low, log_span = self.log_low.to(scales), self.log_span.to(scales)
+        return (scales[..., 1:].log() - log_low) / log_span
+
+    def denormalise(self, u: Float[Tensor, "*bs Km1"]) -> Float[Tensor, "*bs K"]:
+        """Scales from normalised log-scales; the background's scale is 1."""
+        log_low, log_span = self.log_low.to(u), self.log_span.to(u)
+        foreground = torch.exp(log_low + u * log_span)
+        return torch.cat([u.new_ones(*u.shape[:-1], 1), foreground], dim=-1)
+
+
+@dataclass
+class SampleResult:
+    """Configurations drawn from the network's valid region."""
+
+    scales: Float[Tensor, "n K"]
+    u: Float[Tensor, "n Km1"]
+    probability: Float[Tensor, "n"]
+    fell_back: bool
+    """True when fewer than n candidates scored above 0.5 and the best-scored ones filled the rest."""
+    message: str
+    """Why and how sampling fell back; empty otherwise."""
+
+
+class ObjectScaleNetwork(nn.Module):
+    """MLP from a normalised configuration to the logit of its validity; keeps its own Adam optimiser.
+
+    The optimiser's state is part of this module's ``state_dict`` (``get_extra_state``), so checkpoints resume
+    training where it stopped. With a single object (the background) there is nothing to learn: the only
+    configuration, ``[1]``, is the observed scene and is valid with probability 1.
+    """
+
+    def __init__(self, scale_range: Float[Tensor, "K 2"], config: Optional[ScaleNetworkConfig] = None) -> None:
+        super().__init__()
+        self.config = config or ScaleNetworkConfig()
+        ScaleRanges(scale_range)  # validate before storing
+        self.register_buffer("scale_range", scale_range.detach().float().clone())
+        num_inputs = scale_range.shape[0] - 1
+        self.mlp = self._build_mlp(num_inputs) if num_inputs > 0 else None
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr) if self.mlp is not None else None
+
+    def _build_mlp(self, num_inputs: int) -> nn.Sequential:
+        layers, width = [], num_inputs
+        for _ in range(self.config.num_layers):
+            layers += [nn.Linear(width, self.config.hidden_dim), nn.ReLU()]
+            width = self.config.hidden_dim
+        layers.append(nn.Linear(width, 1))
+        return nn.Sequential(*layers)
+
+    @property
+    def ranges(self) -> ScaleRanges:
+        return ScaleRanges(self.scale_range)
+
+    @property
+    def num_objects(self) -> int:
+        return self.scale_range.shape[0]
+
+    def forward(self, u: Float[Tensor, "*bs Km1"]) -> Float[Tensor, "*bs"]:
+        """Validity logits of normalised configurations."""
+        if self.mlp is None:
+            return torch.full(u.shape[:-1], math.inf, dtype=u.dtype, device=u.device)
+        # centred inputs: the first layer's ReLUs start out splitting the unit cube
+        return self.mlp(2.0 * u.to(self.scale_range.dtype) - 1.0)[..., 0]
+
+    def probability(self, scales: Float[Tensor, "*bs K"]) -> Float[Tensor, "*bs"]:
+        """Probability that each configuration of scales is valid."""
+        return torch.sigmoid(self(self.ranges.normalise(scales)))
+
+    def draw_uniform(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n Km1"]:
+        """``n`` normalised configurations uniform over the scale ranges (log-uniform scales)."""
+        device = generator.device if generator is not None else self.scale_range.device
+        u = torch.rand(n, self.num_objects - 1, generator=generator, device=device)
+        return u.to(self.scale_range.device)
+
+    def fit(
+        self,
+        u: Float[Tensor, "C Km1"],
+        labels: Bool[Tensor, "C"],
+        steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, float]:
+        """Train on labelled configurations with class-balanced BCE; returns statistics on those configurations.
+
+        ``pos_weight = #invalid / #valid`` weighs both classes equally, since the valid region may be small.
+        Mini-batches of ``config.batch_size`` are drawn with replacement; ``steps`` defaults to
+        ``config.train_steps``. Runs with gradients even when called under ``torch.no_grad`` or
+        ``torch.inference_mode``.
+        """
+        steps = self.config.train_steps if steps is None else steps
+        num_valid = int(labels.sum())
+        pos_weight = (len(labels) - num_valid) / num_valid if num_valid else 1.0
+        if self.mlp is not None and len(labels):
+            self._optimise(u, labels.float(), steps, pos_weight, generator)
+        stats = self._evaluate(u, labels, pos_weight)
+        stats.update(steps=float(steps), valid_fraction=num_valid / max(len(labels), 1), pos_weight=pos_weight)
+        return stats
+
+    def _optimise(
+        self, u: Tensor, targets: Tensor, steps: int, pos_weight: float, generator: Optional[torch.Generator]
+    ) -> None:
+        assert self.optimizer is not None
+        device = generator.device if generator is not None else u.device
+        batch_size = min(self.config.batch_size, len(targets))
+        with torch.inference_mode(False), torch.enable_grad():
+            # clones are normal tensors even if the caller made its tensors under inference_mode
+            u, targets = u.clone(), targets.clone()
+            pos_weight_tensor = torch.tensor(pos_weight, device=u.device)
+            for _ in range(steps):
+                rows = torch.randint(len(targets), (batch_size,), generator=generator, device=device).to(u.device)
+                loss = F.binary_cross_entropy_with_logits(self(u[rows]), targets[rows], pos_weight=pos_weight_tensor)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+
+    @torch.no_grad()
+    def _evaluate(self, u: Tensor, labels: Tensor, pos_weight: float) -> Dict[str, float]:
+        """Balanced BCE, accuracy and balanced accuracy (mean of the per-class accuracies)."""
+        if len(labels) == 0:
+            return {"loss": 0.0, "accuracy": 1.0, "balanced_accuracy": 1.0}
+        logits = self(u)
+        predicted = logits > 0
+        if self.mlp is None:
+            loss = 0.0
+        else:
+            weight = torch.tensor(pos_weight, device=u.device)
+            loss = float(F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight))
+        correct = predicted == labels
+        per_class = [correct[labels == value].float().mean() for value in (True, False) if (labels == value).any()]
+        return {
+            "loss": loss,
+            "accuracy": float(correct.float().mean()),
+            "balanced_accuracy": float(torch.stack(per_class).mean()),
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: Optional[torch.Generator] = None,
+        candidates_per_sample: Optional[int] = None,
+    ) -> SampleResult:
+        """``n`` configurations drawn uniformly from the region the network scores above 0.5.
+
+        Draws ``n * candidates_per_sample`` uniform candidates and keeps the first ``n`` that pass. If fewer pass
+        (an untrained network, or a valid region too small for the candidate budget), the best-scored candidates
+        fill the rest and the result says so; sampling never fails.
+        """
+        candidates_per_sample = candidates_per_sample or self.config.candidates_per_sample
+        u = self.draw_uniform(n * candidates_per_sample, generator)
+        logits = self(u)
+        passing = (logits > 0).nonzero()[:, 0]
+        fell_back = len(passing) < n
+        message = ""
+        if fell_back:
+            keep = logits.argsort(descending=True)[:n]
+            message = (
+                f"only {len(passing)} of {len(logits)} candidate configurations scored above 0.5 for {n} requested; "
+                f"the {n - len(passing)} best-scored others filled the rest. The scale network may be untrained, or "
+                "the valid region is smaller than 1/candidates_per_sample of the scale ranges: raise "
+                "candidates_per_sample."
+            )
+        else:
+            keep = passing[:n]
+        u = u[keep]
+        return SampleResult(
+            scales=self.ranges.denormalise(u),
+            u=u,
+            probability=torch.sigmoid(logits[keep]),
+            fell_back=fell_back,
+            message=message,
+        )
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The optimiser's state, saved with the module's parameters."""
+        return {"optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,153 @@
+"""Per-object radiance fields: shapes, ranges, object independence, gradients, implementation choice, fitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from nerfstudio.utils.external import TCNN_EXISTS
+
+from osn_nerfstudio.fields.object_fields import DenseGridEncoding, ObjectFields, ObjectFieldsConfig
+
+BACKBONES = ["grid", "hash", "kplanes"]
+NUM_OBJECTS = 3
+NUM_SAMPLES = 256
+TCNN_RUNS = TCNN_EXISTS and torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are small: a second thread only adds synchronisation, which stalls when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_fields(backbone: str, num_objects: int = NUM_OBJECTS) -> ObjectFields:
+    # small hash tables keep construction fast; the architecture is otherwise the default one
+    config = ObjectFieldsConfig(backbone=backbone, implementation="torch", hash_log2_table_size=12)
+    return ObjectFields(num_objects, config)
+
+
+def random_inputs(num_objects: int = NUM_OBJECTS, num_samples: int = NUM_SAMPLES):
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(num_objects, num_samples, 3, generator=generator)
+    directions = torch.nn.functional.normalize(torch.randn(num_objects, num_samples, 3, generator=generator), dim=-1)
+    return points, directions
+
+
+def perturb_object(fields: ObjectFields, k: int) -> None:
+    """Adds noise to every parameter that belongs to object k."""
+    with torch.no_grad():
+        if isinstance(fields.encoding, DenseGridEncoding):
+            encoding_params = [level[k] for level in fields.encoding.levels]
+        else:
+            encoding_params = list(fields.encoding.encodings[k].parameters())
+        head_params = list(fields.density_heads[k].parameters()) + list(fields.colour_heads[k].parameters())
+        for param in encoding_params + head_params:
+            param.add_(torch.randn_like(param) * 0.5)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_shapes_and_ranges(backbone: str) -> None:
+    fields = make_fields(backbone)
+    points, directions = random_inputs()
+    density, rgb = fields(points, directions)
+    assert density.shape == (NUM_OBJECTS, NUM_SAMPLES)
+    assert rgb.shape == (NUM_OBJECTS, NUM_SAMPLES, 3)
+    assert torch.all(density >= 0) and torch.all(torch.isfinite(density))
+    assert torch.all((rgb >= 0) & (rgb <= 1))
+    assert torch.allclose(fields.density(points), density)
+    # initial fog: thin enough not to hide what lies behind, dense enough to pass gradients
+    assert 0.05 < density.mean().item() < 1.0
+    regularisation = fields.regularisation()
+    assert regularisation.shape == () and regularisation.item() >= 0
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_objects_are_independent(backbone: str) -> None:
+    fields = make_fields(backbone)
+    points, directions = random_inputs()
+    density_before, rgb_before = fields(points, directions)
+    perturb_object(fields, 2)
+    density_after, rgb_after = fields(points, directions)
+    assert torch.equal(density_after[:2], density_before[:2])
+    assert torch.equal(rgb_after[:2], rgb_before[:2])
+    assert not torch.allclose(density_after[2], density_before[2])
+    assert not torch.allclose(rgb_after[2], rgb_before[2])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gradients_reach_points(backbone: str) -> None:
+    fields = make_fields(backbone)
+    points, directions = random_inputs()
+    points.requires_grad_()
+    density, rgb = fields(points, directions)
+    (density.sum() + rgb.sum()).backward()
+    assert points.grad is not None
+    assert torch.all(torch.isfinite(points.grad))
+    assert (points.grad.abs().sum(dim=-1) > 0).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_single_object_path_matches_batched_path(backbone: str) -> None:
+    fields = make_fields(backbone)
+    points, directions = random_inputs()
+    density, rgb = fields(points, directions)
+    for k in range(NUM_OBJECTS):
+        # any batch shape: here the object's samples as 16 rays of 16 samples
+        object_density, object_rgb = fields.object_forward(k, points[k].view(16, 16, 3), directions[k].view(16, 16, 3))
+        assert torch.allclose(object_density.flatten(), density[k], atol=1e-6)
+        assert torch.allclose(object_rgb.view(-1, 3), rgb[k], atol=1e-6)
+        assert torch.allclose(fields.object_density(k, points[k]), density[k], atol=1e-6)
+
+
+def test_auto_implementation_matches_machine() -> None:
+    fields = ObjectFields(2, ObjectFieldsConfig(implementation="auto"))
+    assert fields.implementation == ("tcnn" if TCNN_RUNS else "torch")
+
+
+@pytest.mark.skipif(TCNN_RUNS, reason="tinycudann runs here")
+def test_tcnn_without_tinycudann_says_what_to_do() -> None:
+    with pytest.raises(RuntimeError, match="tinycudann") as error:
+        ObjectFields(2, ObjectFieldsConfig(implementation="tcnn"))
+    assert "pip install" in str(error.value) and "'torch'" in str(error.value)
+
+
+def target_field(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth density blob and a smooth colour pattern over the unit box."""
+    distance = (points - 0.5).norm(dim=-1)
+    density = 4.0 * torch.exp(-8.0 * distance**2)
+    mixing = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.5, 0.5, 1.0]])
+    rgb = 0.5 + 0.4 * torch.sin(2 * math.pi * points @ mixing)
+    return density, rgb
+
+
+def test_grid_field_fits_a_simple_target() -> None:
+    torch.manual_seed(0)
+    # coarser levels than the default keep the test fast; the code path is the default backbone's
+    config = ObjectFieldsConfig(backbone="grid", implementation="torch", grid_resolutions=(8, 16, 32))
+    fields = ObjectFields(1, config)
+    groups = fields.param_groups()
+    optimizer = torch.optim.Adam(
+        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
+    )
+    directions = torch.nn.functional.normalize(torch.randn(1, 1024, 3), dim=-1)
+
+    def loss_at(points: torch.Tensor) -> torch.Tensor:
+        density, rgb = fields(points, directions)
+        target_density, target_rgb = target_field(points)
+        return (density - target_density).square().mean() + (rgb - target_rgb).square().mean()
+
+    test_points = torch.rand(1, 1024, 3)
+    with torch.no_grad():
+        initial_loss = loss_at(test_points).item()
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss_at(torch.rand(1, 1024, 3)).backward()
+        optimizer.step()
+    with torch.no_grad():
+        final_loss = loss_at(test_points).item()
+    assert final_loss < initial_loss / 10, (initial_loss, final_loss)

@@ -1,0 +1,137 @@
+"""The OSN model's rendering invariances and validity, with analytic fields standing in for learned ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from osn_nerfstudio.core.validity import validity
+from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig
+from osn_nerfstudio.osn_model import OSNModelConfig
+
+SCENE = DemoSceneConfig(seed=5, width=40, height=30, num_frames=8, num_objects=3, test_view_every=4)
+
+
+class BallFields(nn.Module):
+    """Object k > 0 is an opaque ball in the middle of its box; the background is an opaque shell at its box's walls."""
+
+    def __init__(self, num_objects: int):
+        super().__init__()
+        self.colours = torch.rand(num_objects, 3, generator=torch.Generator().manual_seed(0))
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def object_density(self, k: int, points: torch.Tensor) -> torch.Tensor:
+        centred = points - 0.5
+        inside = centred.abs().amax(-1) > 0.47 if k == 0 else centred.norm(dim=-1) < 0.3
+        return inside.float() * 1e4
+
+    def object_forward(self, k: int, points: torch.Tensor, directions: torch.Tensor):
+        density = self.object_density(k, points)
+        return density, self.colours[k].expand(*points.shape[:-1], 3)
+
+    def regularisation(self) -> torch.Tensor:
+        return torch.zeros(())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model") / "scene"
+    make_demo_scene(root, SCENE)
+    outputs = OSNDataParserConfig(data=root).setup().get_dataparser_outputs("train")
+    config = OSNModelConfig(num_coarse_samples=64, num_fine_samples=64, eval_num_rays_per_chunk=1 << 14)
+    model = config.setup(scene_box=outputs.scene_box, num_train_data=len(outputs.cameras), metadata=outputs.metadata)
+    model.fields = BallFields(model.num_objects)
+    model.eval()
+    return model, outputs
+
+
+def frame_rays(outputs, frame: int):
+    return outputs.cameras.generate_rays(camera_indices=frame).flatten()
+
+
+def render(model, rays, scales):
+    model.render_scales.copy_(scales)
+    with torch.no_grad():
+        return model.get_outputs(rays)
+
+
+def ball_hits(model, outputs, rays, opacity: float = 0.0):
+    """[R, K] whether each ray meets each object's ball (independent of scale: scaling is about the camera)."""
+    alone = render(model, rays, model.true_scales)["alone_accumulation"]
+    return alone > opacity
+
+
+def test_training_view_is_the_same_at_any_configuration_without_occlusion(setup):
+    model, outputs = setup
+    truth = model.true_scales.clone()
+    other = truth * torch.tensor([1.0, 0.8, 1.15, 0.9])[: model.num_objects]
+    for frame in (0, 5):
+        rays = frame_rays(outputs, frame)
+        hits = ball_hits(model, outputs, rays)
+        opaque = ball_hits(model, outputs, rays, opacity=0.999)  # rays through a ball, not grazing its rim
+        single = hits[:, 1:].sum(-1) <= 1  # rays where no two foreground objects overlap
+        assert single.sum() > 100 and hits[:, 1:].any()
+        a, b = render(model, rays, truth), render(model, rays, other)
+        assert torch.allclose(a["rgb"][single], b["rgb"][single], atol=1e-4)
+        for k in range(1, model.num_objects):
+            on_k = single & opaque[:, k]
+            ratio = b["depth"][on_k, 0] / a["depth"][on_k, 0]
+            assert torch.allclose(ratio, (other[k] / truth[k]).expand_as(ratio), rtol=2e-3)
+        background_only = ~hits[:, 1:].any(-1)
+        assert torch.allclose(a["depth"][background_only], b["depth"][background_only], rtol=1e-4)
+
+
+def test_object_opacity_and_depth_do_not_depend_on_its_scale(setup):
+    model, outputs = setup
+    rays = frame_rays(outputs, 3)
+    small = model.scale_range[:, 0] * 1.01
+    large = model.scale_range[:, 1] * 0.99
+    small[0] = large[0] = 1.0  # the background's scale is fixed
+    a, b = render(model, rays, small), render(model, rays, large)
+    assert torch.allclose(a["alone_accumulation"], b["alone_accumulation"], atol=1e-5)
+    opaque = a["alone_accumulation"] > 0.999
+    assert torch.allclose(a["alone_depth"][opaque], b["alone_depth"][opaque], rtol=1e-3)
+    for k, name in enumerate(model.object_names[1:], start=1):
+        seen = a["alone_accumulation"][:, k] > 0.999
+        ratio = b[f"depth_{name}"][seen, 0] / a[f"depth_{name}"][seen, 0]
+        assert torch.allclose(ratio, (large[k] / small[k]).expand_as(ratio), rtol=2e-3)
+
+
+def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
+    model, outputs = setup
+    overlaps = []
+    for frame in range(len(outputs.cameras)):
+        rays = frame_rays(outputs, frame)
+        hits = ball_hits(model, outputs, rays)
+        overlaps.append(int((hits[:, 1:].sum(-1) >= 2).sum()))
+    frame = max(range(len(overlaps)), key=overlaps.__getitem__)
+    assert overlaps[frame] > 0, "the demo scene should show overlapping objects"
+    rays = frame_rays(outputs, frame)
+    hits = ball_hits(model, outputs, rays)
+    rays = rays[hits[:, 1:].any(-1)]  # rays on foreground objects, where the depth order matters
+    cache_labels = torch.zeros(len(rays), dtype=torch.long)
+    cache = model.supervision_cache(rays, cache_labels, torch.ones(len(rays)))
+    configurations = model.ranges.denormalise(torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1)))
+    configurations = torch.cat([configurations, model.true_scales[None]])
+    # label every ray by what the true configuration shows, then score every configuration both ways
+    truth_winner = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
+    cache.label = truth_winner
+    from_cache = validity(cache, configurations, model.config.min_accumulation)
+    for c, scales in enumerate(configurations):
+        winner = render(model, rays, scales)["object_weights"].argmax(-1)
+        brute_force = (winner == truth_winner).float().mean()
+        assert float(from_cache[c]) == pytest.approx(float(brute_force), abs=0.02)
+    assert float(from_cache[-1]) == pytest.approx(1.0, abs=0.01)
+    assert float(from_cache.min()) < 0.99, "some random configuration should reverse an occlusion"
+
+
+def test_camera_without_frame_index_uses_its_time(setup):
+    model, outputs = setup
+    rays = frame_rays(outputs, 4)
+    with_index = render(model, rays, model.true_scales)
+    rays.metadata = {k: v for k, v in rays.metadata.items() if k != "frame_index"}
+    from_time = render(model, rays, model.true_scales)
+    assert torch.allclose(with_index["rgb"], from_time["rgb"], atol=1e-5)
+    assert METADATA_KEY in outputs.metadata

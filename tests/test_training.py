@@ -1,0 +1,94 @@
+"""End to end: ns-train osn on a small generated scene, then load the checkpoint and check what it learned."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+
+REPO = Path(__file__).resolve().parents[1]
+SCENE = DemoSceneConfig(seed=1, width=48, height=36, num_frames=10, num_objects=2, test_view_every=3)
+STEPS, BOOTSTRAP, ROUND = 600, 300, 150
+MIN_TRAIN_PSNR = 20.0
+
+
+def command(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("training")
+    scene = work / "scene"
+    make_demo_scene(scene, SCENE)
+    args = [
+        command("osn-train"),
+        str(REPO / "configs" / "demo-cpu.yaml"),
+        "--data", str(scene),
+        "--output-dir", str(work / "outputs"),
+        "--experiment-name", "tiny",
+        "--max-num-iterations", str(STEPS),
+        "--steps-per-save", str(STEPS),
+        "--pipeline.model.bootstrap-steps", str(BOOTSTRAP),
+        "--pipeline.model.steps-per-round", str(ROUND),
+        "--pipeline.model.validity-candidates", "4096",
+        "--pipeline.datamanager.train-num-rays-per-batch", "512",
+        "--pipeline.datamanager.num-keypoint-rays", "128",
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = sorted((work / "outputs" / "tiny" / "osn").iterdir())
+    return runs[-1]
+
+
+def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trained_run: Path, tmp_path: Path):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from osn_nerfstudio.core.metrics import psnr
+    from osn_nerfstudio.scripts.sample_configurations import sample_report
+
+    _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="val")
+    assert step == STEPS - 1
+    model = pipeline.model
+    # training frames rendered at the configuration the run chose
+    dataset = pipeline.datamanager.train_dataset
+    scores = []
+    for frame in (0, 5, 9):
+        camera = dataset.cameras[frame : frame + 1]
+        outputs = model.get_outputs_for_camera(camera)
+        scores.append(psnr(outputs["rgb"], dataset[frame]["image"]))
+    assert min(scores) >= MIN_TRAIN_PSNR, scores
+
+    report = sample_report(pipeline, num=50, seed=0)
+    truth = report["ground_truth"]
+    assert truth["exact_validity"] >= model.config.validity_threshold, truth
+    assert truth["osn_score"] > 0.5, truth
+    valid = [c for c in report["configurations"] if c["exact_validity"] >= model.config.validity_threshold]
+    assert len(valid) >= 25, "most sampled configurations should be exactly valid"
+
+
+def test_sample_command_writes_json_and_keeps_existing_files(trained_run: Path, tmp_path: Path):
+    output = tmp_path / "configurations.json"
+    args = [command("osn-sample-configurations"), "--load-config", str(trained_run / "config.yml"), "--output", str(output), "--num", "8"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(output.read_text())
+    assert len(report["configurations"]) == 8
+    assert set(report["configurations"][0]["scales"]) == {"background", "box", "sphere"}
+    assert "ground_truth" in report
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert json.loads(output.read_text()) == report
+
+
+def test_checkpoint_loads_with_weights_only(trained_run: Path):
+    checkpoint = next((trained_run / "nerfstudio_models").glob("*.ckpt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert "pipeline" in state and "optimizers" in state
