@@ -1,42 +1,45 @@
-"""Time one OSN training step (forward, backward, Adam step) on the default demo scene, per phase.
+"""Time one OSN training step (forward, backward, optimizer step) on the default demo scene, per phase.
 
-    python benchmarks/training_step.py [--steps 20] [--threads 1]
+    python benchmarks/training_step.py [--steps 20] [--threads 1] [--fused-adam] [--keep-freed-memory]
 
-The pipeline is built from the ``osn`` method's defaults on the CPU (1024 pixel rays + 256 keypoint rays
-per batch, the default 128x96 demo scene with 3 foreground objects and the background). Phases:
+The pipeline and its optimizers are built as ``ns-train osn`` builds them, on the CPU: 1024 pixel rays and
+256 keypoint rays per batch, the default demo scene (128x96, 3 foreground objects and the background).
 
-* ``bootstrap``: step 0, each ray renders only its labelled object;
-* ``alternation``: step ``bootstrap_steps``, composite renders at the scene's true scales (falling back to
-  the middle of each object's scale range when the scene has none), plus the alone renders.
+* ``bootstrap``: step 0, each ray renders only its labelled object, alone;
+* ``alternation``: step ``bootstrap_steps``, composite renders at the scene's true scales (or the log-middle
+  of each scale range when the scene has none), plus every object alone.
 
-Phases run in alternating blocks of steps, so a machine shared with other work slows both alike; the
-table gives the median and the fastest block. The load average is printed to judge the numbers by.
+The phases run in alternating blocks of steps, so that other work on the machine slows both alike; the table
+gives the median and the fastest block. Minor page faults and system time per step show how much of a step
+goes to the memory allocator handing memory back to the kernel and faulting it in again.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import os
 import platform
 import resource
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
-import warnings
-
 import torch
 import tyro
-from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 
 from osn_nerfstudio.data.demo_scene import ensure_demo_scene
 from osn_nerfstudio.osn_config import osn_method
 
 Phase = Literal["bootstrap", "alternation"]
+PHASES: Tuple[Phase, ...] = ("bootstrap", "alternation")
 
 
 @dataclass
@@ -44,17 +47,38 @@ class BenchmarkArgs:
     """OSN training-step benchmark."""
 
     steps: int = 20
-    """Timed steps per phase (after the warm-up), run in blocks of ``block`` that alternate between phases."""
+    """Timed steps per phase, after the warm-up."""
     block: int = 5
-    """Steps per timed block; phases alternate block by block."""
+    """Steps per timed block; the phases alternate block by block."""
     warmup: int = 3
     """Untimed steps per phase first (allocator and thread pools warm up)."""
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice). On a machine shared with other work one thread can be faster."""
+    fused_adam: bool = False
+    """Build the method's Adam optimizers with ``fused=True`` (one pass over each parameter per step)."""
+    keep_freed_memory: bool = False
+    """Tell glibc's malloc to keep freed memory (as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+    would): large tensors are then no longer handed back to the kernel and faulted in again every step."""
     cache_dir: Optional[Path] = None
-    """Where the demo scene is generated or reused (default: a temporary folder, or $OSN_CACHE_DIR when set)."""
+    """Where the demo scene is generated or reused (default: $OSN_CACHE_DIR, else a temporary folder)."""
     seed: int = 0
     """Seed for the fields' initialisation and the ray batches."""
+
+
+@dataclass
+class FusedAdamOptimizerConfig(AdamOptimizerConfig):
+    """nerfstudio's Adam config with torch's fused implementation."""
+
+    fused: bool = True
+    """One kernel per parameter and step instead of a dozen passes over it."""
+
+
+def keep_freed_memory() -> None:
+    """glibc malloc: serve blocks up to 32 MiB from the heap, and trim the heap only past 1 GiB of free memory."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)):
+        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
 
 
 def machine_info() -> str:
@@ -72,27 +96,25 @@ def load_average() -> str:
     return "/".join(f"{load:.1f}" for load in os.getloadavg())
 
 
-def peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def build_pipeline(scene: Path) -> Tuple[VanillaPipeline, Optimizers]:
-    """The ``osn`` method's pipeline on the CPU, in training mode, and its optimizers as ``ns-train`` builds them."""
+def build_pipeline(scene: Path, fused_adam: bool) -> Tuple[VanillaPipeline, Optimizers]:
+    """The ``osn`` method's pipeline on the CPU in training mode, and its optimizers as ``ns-train`` builds them."""
     config = copy.deepcopy(osn_method.config)
     config.machine.device_type = "cpu"
     config.pipeline.datamanager.dataparser.data = scene
+    if fused_adam:
+        for group in config.optimizers.values():
+            group["optimizer"] = FusedAdamOptimizerConfig(**vars(group["optimizer"]))
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     pipeline.train()
     return pipeline, Optimizers(config.optimizers, pipeline.get_param_groups())
 
 
 def alternation_scales(model) -> torch.Tensor:
-    """[configurations, K] the scene's true scales, or the log-midpoint of every scale range."""
+    """[configurations, K]: the scene's true scales, or the log-middle of every object's scale range."""
     if not torch.isnan(model.true_scales).any():
-        scales = model.true_scales
+        scales = model.true_scales.clone()
     else:
-        scales = (model.scale_range.log().mean(-1)).exp()
+        scales = model.scale_range.log().mean(-1).exp()
         scales[0] = 1.0
     return scales.expand_as(model.train_scales)
 
@@ -106,25 +128,39 @@ def enter_phase(model, phase: Phase) -> None:
         model.train_scales.copy_(alternation_scales(model))
 
 
-def training_step(pipeline: VanillaPipeline, optimizers: Optimizers, step: int) -> None:
+def training_step(pipeline: VanillaPipeline, optimizers: Optimizers) -> None:
     """What nerfstudio's trainer does in one iteration (without mixed precision or gradient clipping)."""
     optimizers.zero_grad_all()
-    _, losses, _ = pipeline.get_train_loss_dict(step)
+    _, losses, _ = pipeline.get_train_loss_dict(pipeline.model.step)
     sum(losses.values()).backward()
     optimizers.optimizer_step_all()
 
 
-def time_block(pipeline: VanillaPipeline, optimizers: Optimizers, phase: Phase, steps: int) -> float:
-    """Seconds per step over ``steps`` steps of ``phase``."""
+@dataclass
+class BlockTimes:
+    """Per-step averages over one timed block of steps."""
+
+    seconds: float
+    page_faults: float
+    system_seconds: float
+
+
+def time_block(pipeline: VanillaPipeline, optimizers: Optimizers, phase: Phase, steps: int) -> BlockTimes:
+    """Per-step wall time, minor page faults and system CPU time over ``steps`` steps of ``phase``."""
     enter_phase(pipeline.model, phase)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(steps):
-        training_step(pipeline, optimizers, pipeline.model.step)
-    return (time.perf_counter() - start) / steps
+        training_step(pipeline, optimizers)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return BlockTimes(
+        seconds / steps, (after.ru_minflt - usage.ru_minflt) / steps, (after.ru_stime - usage.ru_stime) / steps
+    )
 
 
-def samples_per_ray(pipeline) -> int:
-    """Samples per object and ray at which the fields are fully evaluated (coarse density passes not counted)."""
+def samples_per_ray(pipeline: VanillaPipeline) -> int:
+    """Samples per object and ray where the fields are fully evaluated (the coarse density pass not counted)."""
     model = pipeline.model
     enter_phase(model, "alternation")
     ray_bundle, _ = pipeline.datamanager.next_train(0)
@@ -137,32 +173,44 @@ def main(args: BenchmarkArgs) -> None:
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as temporary:
         cache_dir = args.cache_dir or Path(os.environ.get("OSN_CACHE_DIR", temporary))
-        pipeline, optimizers = build_pipeline(ensure_demo_scene(cache_dir=cache_dir))
+        pipeline, optimizers = build_pipeline(ensure_demo_scene(cache_dir=cache_dir), args.fused_adam)
     model = pipeline.model
-    rays = pipeline.datamanager.config.train_num_rays_per_batch + pipeline.datamanager.config.num_keypoint_rays
-    phases: List[Phase] = ["bootstrap", "alternation"]
+    datamanager_config = pipeline.datamanager.config
+    rays = datamanager_config.train_num_rays_per_batch + datamanager_config.num_keypoint_rays
 
-    for phase in phases:
+    for phase in PHASES:
         time_block(pipeline, optimizers, phase, args.warmup)
-    seconds: Dict[Phase, List[float]] = {phase: [] for phase in phases}
+    blocks: Dict[Phase, List[BlockTimes]] = {phase: [] for phase in PHASES}
     for _ in range(max(1, args.steps // args.block)):
-        for phase in phases:
-            seconds[phase].append(time_block(pipeline, optimizers, phase, args.block))
+        for phase in PHASES:
+            blocks[phase].append(time_block(pipeline, optimizers, phase, args.block))
 
     print(machine_info())
-    print(f"load average {load_average()} | {model.num_objects} objects | {rays} rays per step")
     print(
-        f"samples per ray and object: {model.config.num_coarse_samples} coarse (density only) + "
+        f"load average {load_average()} | {model.num_objects} objects | {rays} rays per step | "
+        f"Adam {'fused' if args.fused_adam else 'default (for-loop)'} | "
+        f"malloc {'keeps freed memory' if args.keep_freed_memory else 'default'}"
+    )
+    print(
+        f"samples per ray and object: {model.config.num_coarse_samples} coarse (density only, no gradient) + "
         f"{samples_per_ray(pipeline)} evaluated"
     )
-    print(f"{'phase':<12} {'median ms/step':>15} {'best ms/step':>13} {'rays/s':>9}")
-    for phase in phases:
-        median, best = statistics.median(seconds[phase]), min(seconds[phase])
-        print(f"{phase:<12} {1e3 * median:>15.1f} {1e3 * best:>13.1f} {rays / median:>9.0f}")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    columns = ("median ms/step", "best ms/step", "rays/s", "faults/step", "sys ms/step")
+    print(f"{'phase':<12} " + " ".join(f"{column:>15}" for column in columns))
+    for phase in PHASES:
+        median = statistics.median(block.seconds for block in blocks[phase])
+        best = min(block.seconds for block in blocks[phase])
+        faults = statistics.median(block.page_faults for block in blocks[phase])
+        system = statistics.median(block.system_seconds for block in blocks[phase])
+        values = (1e3 * median, 1e3 * best, rays / median, faults, 1e3 * system)
+        print(f"{phase:<12} " + " ".join(f"{value:>15.1f}" for value in values))
+    # ru_maxrss is in KiB on Linux
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class OSNModelConfig(ModelConfig):
     """Configurations labelled by exact validity at each refit (uniform in normalised log-scale)."""
     validity_threshold: float = 0.95
     """A configuration is valid when at least this (weighted) fraction of supervision rays is explained."""
+    validity_tolerance: float = 0.01
+    """A configuration is also valid when it scores within this of the best candidate: rays that no
+    configuration explains (imperfect fields, label noise) lower all scores alike."""
     min_valid_fraction: float = 0.02
     """If fewer candidates pass the threshold, the best this fraction are labelled valid."""
     min_accumulation: float = 0.5
@@ -112,6 +115,8 @@ class OSNModel(Model):
         self.register_buffer("render_scales", torch.ones(self.num_objects))
         self.register_buffer("train_scales", torch.ones(self.config.configurations_per_batch, self.num_objects))
         self.fields = ObjectFields(self.num_objects, self.config.fields)
+        for parameter in self.fields.parameters():
+            parameter.register_hook(zero_non_finite)
         self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
         self.ranges = ScaleRanges(meta.scale_range)
         self.coarse_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
@@ -179,44 +184,65 @@ class OSNModel(Model):
         hit = hit & present & (fars > nears)
         if active is not None:
             hit = hit & active
-        device = origins.device
-        evaluated = []
-        for k in range(K):
-            rays = torch.nonzero(hit[:, k])[:, 0]
-            if rays.numel() == 0:
-                continue
-            object_rays = RayBundle(
-                origins=origins[rays, k],
-                directions=directions[rays, k],
-                pixel_area=torch.ones(rays.numel(), 1, device=device),
-                nears=nears[rays, k, None],
-                fars=fars[rays, k, None],
-            )
-            evaluated.append((k, rays, *self.sample_object(k, object_rays)))
-        # the PDF sampler merges coarse and fine bins, so the count per ray is read off its output
-        num_samples = evaluated[0][2].frustums.starts.shape[1] if evaluated else 1
-        starts = torch.zeros(num_rays, K, num_samples, device=device)
-        ends = torch.zeros(num_rays, K, num_samples, device=device)
-        density = torch.zeros(num_rays, K, num_samples, device=device)
-        rgb = torch.zeros(num_rays, K, num_samples, 3, device=device)
-        for k, rays, samples, object_density, object_rgb in evaluated:
-            starts[rays, k] = samples.frustums.starts[..., 0]
-            ends[rays, k] = samples.frustums.ends[..., 0]
-            density[rays, k] = object_density
-            rgb[rays, k] = object_rgb
-        return ObjectSamples(starts=starts, ends=ends, density=density, rgb=rgb)
+        # pairs ordered by object, so that each object's samples are one contiguous block for its field
+        objects, rays = torch.nonzero(hit.T, as_tuple=True)
+        pair_rays = RayBundle(
+            origins=origins[rays, objects],
+            directions=directions[rays, objects],
+            pixel_area=torch.ones(len(rays), 1, device=origins.device),
+            nears=nears[rays, objects, None],
+            fars=fars[rays, objects, None],
+        )
+        samples, density, rgb = self.sample_in_boxes(pair_rays, objects)
+        # every pair's samples go to its (ray, object) slot of the dense [R, K, N] layout; the rest stay empty
+        slots, num_slots = rays * K + objects, num_rays * K
+        return ObjectSamples(
+            starts=to_slots(samples.frustums.starts[..., 0], slots, num_slots).view(num_rays, K, -1),
+            ends=to_slots(samples.frustums.ends[..., 0], slots, num_slots).view(num_rays, K, -1),
+            density=to_slots(density, slots, num_slots).view(num_rays, K, -1),
+            rgb=to_slots(rgb, slots, num_slots).view(num_rays, K, -1, 3),
+        )
 
-    def sample_object(self, k: int, object_rays: RayBundle) -> Tuple[RaySamples, Tensor, Tensor]:
-        """Stratified samples in object k's box, then PDF samples from their weights; fields at all of them."""
-        coarse = self.coarse_sampler(object_rays)
-        coarse_density = self.fields.object_density(k, self.unit_points(k, coarse.frustums.get_positions()))
-        coarse_weights = coarse.get_weights(coarse_density[..., None])
-        fine = self.fine_sampler(object_rays, coarse, coarse_weights)
-        density, rgb = self.fields.object_forward(k, self.unit_points(k, fine.frustums.get_positions()), fine.frustums.directions)
+    def sample_in_boxes(self, pair_rays: RayBundle, objects: Tensor) -> Tuple[RaySamples, Tensor, Tensor]:
+        """Stratified samples inside each ray's object box, then PDF samples from their weights; fields at all of them.
+
+        ``pair_rays`` are rays in object space grouped by object (``objects`` [P], non-decreasing): nerfstudio's
+        samplers run once on all of them, each object's field once on its block.
+        """
+        counts = torch.bincount(objects, minlength=self.num_objects).tolist()
+        coarse = self.coarse_sampler(pair_rays)
+        # the PDF sampler detaches its bins, so the coarse densities never need gradients
+        with torch.no_grad():
+            coarse_density = self.object_densities(self.unit_points(objects, coarse.frustums.get_positions()), counts)
+        fine = self.fine_sampler(pair_rays, coarse, coarse.get_weights(coarse_density[..., None]))
+        # one direction per ray: the fields encode it once for all the ray's samples
+        density, rgb = self.object_radiance(
+            self.unit_points(objects, fine.frustums.get_positions()), pair_rays.directions[:, None, :], counts
+        )
         return fine, density, rgb
 
-    def unit_points(self, k: int, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
-        return normalise_to_box(positions, self.bbox_min[k], self.bbox_max[k]).clamp(0.0, 1.0)
+    def object_densities(self, points: Float[Tensor, "P N 3"], counts: List[int]) -> Float[Tensor, "P N"]:
+        """Each object's density at its block of pairs (``counts`` pairs per object, in object order)."""
+        blocks = [self.fields.object_density(k, object_points) for k, object_points in object_blocks(points, counts)]
+        return torch.cat(blocks) if blocks else points.new_zeros(points.shape[:-1])
+
+    def object_radiance(
+        self, points: Float[Tensor, "P N 3"], directions: Float[Tensor, "P 1 3"], counts: List[int]
+    ) -> Tuple[Float[Tensor, "P N"], Float[Tensor, "P N 3"]]:
+        """Each object's density and colour at its block of pairs (``counts`` pairs per object, in object order)."""
+        evaluated = [
+            self.fields.object_forward(k, object_points, object_directions)
+            for (k, object_points), (_, object_directions) in zip(
+                object_blocks(points, counts), object_blocks(directions, counts)
+            )
+        ]
+        if not evaluated:
+            return points.new_zeros(points.shape[:-1]), points.new_zeros(*points.shape[:-1], 3)
+        return torch.cat([density for density, _ in evaluated]), torch.cat([rgb for _, rgb in evaluated])
+
+    def unit_points(self, objects: Tensor, positions: Float[Tensor, "P N 3"]) -> Float[Tensor, "P N 3"]:
+        """Positions of each pair's samples in its object's unit box ``objects`` [P]."""
+        return normalise_to_box(positions, self.bbox_min[objects, None], self.bbox_max[objects, None]).clamp(0.0, 1.0)
 
     def scales_per_ray(self, num_rays: int, device) -> Float[Tensor, "R K"]:
         if self.training:
@@ -343,7 +369,9 @@ class OSNModel(Model):
         self.train(was_training)
         u = torch.rand(self.config.validity_candidates, self.num_objects - 1, generator=generator)
         scores = validity(cache, self.ranges.denormalise(u), self.config.min_accumulation)
-        valid = validity_labels(scores, self.config.validity_threshold, self.config.min_valid_fraction)
+        valid = validity_labels(
+            scores, self.config.validity_threshold, self.config.min_valid_fraction, self.config.validity_tolerance
+        )
         stats = self.scale_network.fit(u.to(self.bbox_min.device), valid.to(self.bbox_min.device))
         self.choose_render_scales(cache)
         CONSOLE.print(
@@ -397,6 +425,25 @@ def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) ->
     lower = upper - 1
     span = (frame_times[upper] - frame_times[lower]).clamp_min(1e-12)
     return lower.float() + (times - frame_times[lower]) / span
+
+
+def object_blocks(values: Tensor, counts: List[int]) -> List[Tuple[int, Tensor]]:
+    """(object, its rows) of ``values`` grouped by object with ``counts`` rows each, skipping empty objects."""
+    return [(k, block) for k, block in enumerate(values.split(counts)) if len(block) > 0]
+
+
+def to_slots(values: Float[Tensor, "P *rest"], slots: Tensor, num_slots: int) -> Float[Tensor, "S *rest"]:
+    """Rows of ``values`` placed at rows ``slots`` of a zero tensor with ``num_slots`` rows.
+
+    Out of place: its backward only gathers the rows' gradients (in-place writes into a zero tensor would
+    copy and mask the whole gradient once per write).
+    """
+    return values.new_zeros(num_slots, *values.shape[1:]).index_copy(0, slots, values)
+
+
+def zero_non_finite(gradient: Tensor) -> Tensor:
+    """Gradient hook: a rare non-finite gradient entry becomes 0 instead of poisoning Adam's state for good."""
+    return torch.nan_to_num(gradient, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -187,3 +187,6 @@ def test_validity_labels_threshold_and_top_fraction():
     assert validity_labels(scores, 0.99, 0.25).tolist() == [False, False, True, False]
     assert validity_labels(scores, 0.99, 0.5).tolist() == [True, False, True, False]
     assert validity_labels(scores, 0.99, 0.0).tolist() == [False] * 4
+    # within the tolerance of the best score counts as valid even below the threshold
+    assert validity_labels(scores, 0.99, 0.0, tolerance=0.1).tolist() == [True, False, True, False]
+    assert validity_labels(scores, 0.99, 0.0, tolerance=0.01).tolist() == [False, False, True, False]

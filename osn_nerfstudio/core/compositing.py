@@ -16,6 +16,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+MIN_ACCUMULATION_FOR_DEPTH = 1e-4
+"""An object more transparent than this on a ray gets depth 0 there when rendered alone."""
+
+
 @dataclass
 class ObjectSamples:
     """Samples of every object along every ray, each object in its own units.
@@ -63,7 +67,8 @@ class AloneOutputs:
     rgb: Float[Tensor, "R K 3"]
     """Colour of each object alone, without background colour."""
     depth: Float[Tensor, "R K"]
-    """Expected distance in the object's own units, normalised by its accumulation; 0 where that is 0."""
+    """Expected distance in the object's own units, normalised by its accumulation; 0 where that is below
+    ``MIN_ACCUMULATION_FOR_DEPTH``."""
     accumulation: Float[Tensor, "R K"]
     """Opacity of each object alone."""
     weights: Float[Tensor, "R K N"]
@@ -134,8 +139,8 @@ def render_alone(samples: ObjectSamples) -> AloneOutputs:
     weights = weights_along_rays(optical_thickness(samples))
     accumulation = weights.sum(-1)
     distance_sum = (weights * samples.midpoints).sum(-1)
-    empty = accumulation <= 0
-    # the weighted mean needs no epsilon where there is weight; empty rays get depth 0
+    # a nearly empty ray has no meaningful depth, and dividing by its tiny accumulation would blow up gradients
+    empty = accumulation <= MIN_ACCUMULATION_FOR_DEPTH
     depth = torch.where(empty, torch.zeros_like(distance_sum), distance_sum / torch.where(empty, 1.0, accumulation))
     rgb = (weights[..., None] * samples.rgb).sum(-2)
     return AloneOutputs(rgb=rgb, depth=depth, accumulation=accumulation, weights=weights)

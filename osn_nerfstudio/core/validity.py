@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import Optional, List
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -243,9 +243,17 @@ def validity(
     return score_plan(plan_validity(cache, min_accumulation), scales, chunk_elements)
 
 
-def validity_labels(scores: Float[Tensor, "C"], threshold: float, min_fraction: float) -> Bool[Tensor, "C"]:
-    """Configurations scoring at least ``threshold``; if fewer than ``min_fraction`` of them do, the best
-    ``ceil(min_fraction * C)`` instead, so that the scale network always sees some positives."""
+def validity_labels(
+    scores: Float[Tensor, "C"], threshold: float, min_fraction: float, tolerance: Optional[float] = None
+) -> Bool[Tensor, "C"]:
+    """Valid: scoring at least ``threshold``, or within ``tolerance`` of the best score (rays that no
+    configuration explains, e.g. a learned field's floaters, lower every score alike). If fewer than
+    ``min_fraction`` pass, the best ``ceil(min_fraction * C)`` instead, so the scale network always sees
+    some positives."""
+    if scores.numel() == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if tolerance is not None:
+        threshold = min(threshold, float(scores.max()) - tolerance)
     valid = scores >= threshold
     num_required = min(math.ceil(min_fraction * scores.shape[0]), scores.shape[0])
     if int(valid.sum()) >= num_required:

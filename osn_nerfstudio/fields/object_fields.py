@@ -27,6 +27,17 @@ TCNN_INSTALL_HINT = (
     "or set the object fields' implementation to 'torch' (or 'auto', which picks torch when tcnn cannot run)"
 )
 
+CPU_ROWS_PER_HEAD_CALL = 4096
+"""Samples per MLP head call on the CPU: a block's [rows, hidden_dim] activations stay in a core's cache
+through the forward and backward pass (a third faster than one call on 40k samples; far fewer fresh pages)."""
+
+MIN_POINTS_TO_SPLIT = 1024
+"""Grid reads of at least this many points are split among the CPU threads (fewer points are not worth a thread)."""
+
+
+MAX_LOG_DENSITY = 30.0
+"""Largest log-density: e^30 is opaque over any interval a sampler produces, and far from float overflow."""
+
 
 @dataclass
 class ObjectFieldsConfig:
@@ -71,6 +82,13 @@ class ObjectFieldsConfig:
     per unit of box side, a faint fog that still passes gradients to every sample."""
 
 
+def run_in_blocks(head: nn.Module, rows: Float[Tensor, "M D"]) -> Float[Tensor, "M O"]:
+    """``head(rows)``, on the CPU in blocks of ``CPU_ROWS_PER_HEAD_CALL`` rows (one call elsewhere)."""
+    if rows.device.type != "cpu" or len(rows) <= CPU_ROWS_PER_HEAD_CALL:
+        return head(rows)
+    return torch.cat([head(block) for block in rows.split(CPU_ROWS_PER_HEAD_CALL)])
+
+
 def resolve_implementation(implementation: Literal["auto", "tcnn", "torch"]) -> Literal["tcnn", "torch"]:
     """The kernels to build with: "auto" means tcnn where it can run; an explicit "tcnn" that cannot run fails."""
     tcnn_runs = TCNN_EXISTS and torch.cuda.is_available()
@@ -95,6 +113,16 @@ def total_variation(grid: Tensor, spatial_dims: int) -> Tensor:
     )
 
 
+class ViewCache(dict):
+    """Cached views of parameters, left out of copies and pickles: they are autograd graph nodes, rebuilt on use."""
+
+    def __deepcopy__(self, memo) -> "ViewCache":
+        return ViewCache()
+
+    def __reduce__(self):
+        return ViewCache, ()
+
+
 class DenseGridEncoding(nn.Module):
     """Multi-resolution dense feature grids, one set per object, read for all objects in one grid_sample per level.
 
@@ -109,6 +137,7 @@ class DenseGridEncoding(nn.Module):
             nn.Parameter(torch.empty(num_objects, features, r, r, r).uniform_(-init_scale, init_scale))
             for r in resolutions
         )
+        self._object_views = ViewCache()
 
     def get_out_dim(self) -> int:
         return self.features * len(self.levels)
@@ -117,8 +146,31 @@ class DenseGridEncoding(nn.Module):
         return self.read(list(self.levels), points)
 
     def object_features(self, k: int, points: Float[Tensor, "M 3"]) -> Float[Tensor, "M F"]:
-        """Features of object k's grids only (its samples need not match other objects' in number)."""
-        return self.read([level[k : k + 1] for level in self.levels], points[None])[0]
+        """Features of object k's grids only (its samples need not match other objects' in number).
+
+        On the CPU grid_sample gives each batch entry to one thread, so a large read is split into one entry of
+        equal size per thread, each reading the same grids.
+        """
+        parts = torch.get_num_threads() if points.device.type == "cpu" and len(points) >= MIN_POINTS_TO_SPLIT else 1
+        padding = (-len(points)) % parts
+        padded = torch.cat([points, points[-1:].expand(padding, 3)]) if padding else points
+        levels = [views[k][None].expand(parts, -1, -1, -1, -1) for views in self.object_views()]
+        return self.read(levels, padded.view(parts, -1, 3)).reshape(len(padded), -1)[: len(points)]
+
+    def object_views(self) -> List[Tuple[Tensor, ...]]:
+        """Every level unbound into its K objects' [C, D, H, W] grids, once per version of the grids.
+
+        All objects' reads then share one autograd node per level, and a backward pass assembles each level's
+        gradient once. A slice per object would make every object's backward allocate a zero gradient of all
+        K objects' grids and add it to the others'. The views are made again when the grids change (in place,
+        as an optimizer step does, or by a new storage), separately with and without gradient tracking.
+        """
+        mode = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        version = tuple((level.data_ptr(), level._version) for level in self.levels)
+        cached = self._object_views.get(mode)
+        if cached is None or cached[0] != version:
+            cached = self._object_views[mode] = (version, [level.unbind(0) for level in self.levels])
+        return cached[1]
 
     @staticmethod
     def read(levels: List[Tensor], points: Float[Tensor, "N M 3"]) -> Float[Tensor, "N M F"]:
@@ -239,8 +291,9 @@ class ObjectFields(nn.Module):
         return self.activate_density(raw[..., 0]), raw[..., 1:]
 
     def activate_density(self, raw: Tensor) -> Tensor:
-        """Non-negative density from the density MLP's first output."""
-        return trunc_exp(raw + self.config.density_bias)
+        """Non-negative, finite density from the density MLP's first output."""
+        # exp overflows to inf past ~88, and inf density on a zero-length interval gives NaN opacity
+        return trunc_exp((raw + self.config.density_bias).clamp(max=MAX_LOG_DENSITY))
 
     def density(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M"]:
         """Density alone (no colour MLP), for coarse sampling passes."""
@@ -260,8 +313,10 @@ class ObjectFields(nn.Module):
     ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs G"]]:
         """``geometry`` for object k alone, on any number of points."""
         shape = points.shape[:-1]
-        raw = self.density_heads[k](self.encoding.object_features(k, points.reshape(-1, 3))).float()
-        return self.activate_density(raw[..., 0]).reshape(shape), raw[..., 1:].reshape(*shape, -1)
+        raw = run_in_blocks(self.density_heads[k], self.encoding.object_features(k, points.reshape(-1, 3))).float()
+        # one split, whose backward joins the two gradients, rather than two slices that each zero-fill one
+        raw_density, geo_features = raw.split([1, raw.shape[-1] - 1], dim=-1)
+        return self.activate_density(raw_density).reshape(shape), geo_features.reshape(*shape, -1)
 
     def object_density(self, k: int, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
         """Density of object k alone, for coarse sampling passes."""
@@ -270,11 +325,16 @@ class ObjectFields(nn.Module):
     def object_forward(
         self, k: int, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]
     ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs 3"]]:
-        """``forward`` for object k alone: the model evaluates each object only on the rays that meet its box."""
+        """``forward`` for object k alone: the model evaluates each object only on the rays that meet its box.
+
+        ``directions`` may also broadcast against ``points``, e.g. one per ray ([R, 1, 3]) for samples [R, N, 3]:
+        each direction is then encoded once rather than once per sample.
+        """
         density, geo_features = self.object_geometry(k, points)
-        colour_input = torch.cat([geo_features, self.encode_directions(directions).to(geo_features.dtype)], dim=-1)
+        encoded = self.encode_directions(directions).to(geo_features.dtype)
+        colour_input = torch.cat([geo_features, encoded.expand(*geo_features.shape[:-1], -1)], dim=-1)
         shape = points.shape[:-1]
-        rgb = self.colour_heads[k](colour_input.reshape(-1, colour_input.shape[-1])).float()
+        rgb = run_in_blocks(self.colour_heads[k], colour_input.reshape(-1, colour_input.shape[-1])).float()
         return density, rgb.reshape(*shape, 3)
 
     def encode_directions(self, directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs D"]:
