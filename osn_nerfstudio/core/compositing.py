@@ -77,7 +77,8 @@ class AloneOutputs:
 
 def optical_thickness(samples: ObjectSamples) -> Float[Tensor, "R K N"]:
     """σ·δ of each sample, with δ the interval length in object units (so it does not depend on scale)."""
-    return samples.density * (samples.ends - samples.starts)
+    # trained runs showed rare reversed intervals from the PDF sampler: -σδ would overflow exp() to inf
+    return samples.density * (samples.ends - samples.starts).clamp_min(0.0)
 
 
 def sample_alphas(samples: ObjectSamples) -> Float[Tensor, "R K N"]:
