@@ -14,8 +14,6 @@ load average is printed with the results to judge them by.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
+from machine import load_average, machine_info
 
 Backbone = Literal["grid", "hash", "kplanes"]
 
@@ -74,21 +73,6 @@ class BenchmarkArgs:
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice). Where other work shares the cores, 1 thread avoids the
     OpenMP stalls that can slow a 2-thread run twentyfold."""
-
-
-def machine_info() -> str:
-    cpu = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
-    return (
-        f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
-        f"Python {platform.python_version()}"
-    )
-
-
-def load_average() -> str:
-    return "/".join(f"{load:.1f}" for load in os.getloadavg())
 
 
 # ---------------------------------------------------------------- analytic scene

@@ -20,7 +20,6 @@ import copy
 import ctypes
 import ctypes.util
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -37,6 +36,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 
 from osn_nerfstudio.data.demo_scene import ensure_demo_scene
 from osn_nerfstudio.osn_config import osn_method
+from machine import load_average, machine_info
 
 Phase = Literal["bootstrap", "alternation"]
 PHASES: Tuple[Phase, ...] = ("bootstrap", "alternation")
@@ -79,21 +79,6 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)):
         raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
-
-
-def machine_info() -> str:
-    cpu = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
-    return (
-        f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
-        f"Python {platform.python_version()}"
-    )
-
-
-def load_average() -> str:
-    return "/".join(f"{load:.1f}" for load in os.getloadavg())
 
 
 def build_pipeline(scene: Path, fused_adam: bool) -> Tuple[VanillaPipeline, Optimizers]:

@@ -13,8 +13,6 @@ Two kinds of cache:
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import torch
 import tyro
 
 from osn_nerfstudio.core.validity import DEFAULT_CHUNK_ELEMENTS, SupervisionCache, plan_validity, score_plan, validity
+from machine import load_average, machine_info
 
 
 @dataclass
@@ -81,20 +80,8 @@ def timed(function, repeats: int) -> Tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def machine_info() -> str:
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    load = " / ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (
-        f"CPU: {model}, {os.cpu_count()} cores, torch {torch.__version__} (default {torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}, load average before the run {load} (1/5/15 min)"
-    )
-
-
 def main(config: BenchmarkConfig) -> None:
-    print(machine_info())
+    print(f"{machine_info()} | load average before the run {load_average()}")
     print(f"validity of {config.configurations} configurations on {config.rays} rays; chunk {DEFAULT_CHUNK_ELEMENTS}")
     default_threads = torch.get_num_threads()
     thread_counts = [count or default_threads for count in config.threads]
