@@ -12,6 +12,7 @@ Every ray carries (batch keys, one row per ray):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Optional, Tuple, Type
 
 import torch
@@ -43,32 +44,12 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
     def scene_metadata(self) -> OSNSceneMetadata:
         return self.train_dataparser_outputs.metadata[METADATA_KEY]
 
-    def __init__(self, *args, **kwargs):
-        self._train_images: Optional[Tensor] = None
-        self._train_object_ids: Optional[Tensor] = None
-        super().__init__(*args, **kwargs)
-
-    def _load_train_frames(self) -> None:
-        """All training images and object-id maps, kept for keypoint colours and supervision rays."""
+    @cached_property
+    def train_frames(self) -> Tuple[Tensor, Tensor]:
+        """[F, H, W, 3] colours and [F, H, W] object ids (-1 unknown) of the whole video, loaded on first use
+        (keypoint colours and supervision rays)."""
         frames = [self.train_dataset[i] for i in range(len(self.train_dataset))]
-        self._train_images = torch.stack([f["image"][..., :3] for f in frames])
-        self._train_object_ids = torch.stack([f["object_id"][..., 0] for f in frames])
-
-    @property
-    def train_images(self) -> Tensor:
-        """[F, H, W, 3] float colours of the video."""
-        if self._train_images is None:
-            self._load_train_frames()
-        assert self._train_images is not None
-        return self._train_images
-
-    @property
-    def train_object_ids(self) -> Tensor:
-        """[F, H, W] object id of every pixel (-1 unknown)."""
-        if self._train_object_ids is None:
-            self._load_train_frames()
-        assert self._train_object_ids is not None
-        return self._train_object_ids
+        return torch.stack([f["image"][..., :3] for f in frames]), torch.stack([f["object_id"][..., 0] for f in frames])
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         ray_bundle, batch = super().next_train(step)
@@ -89,7 +70,7 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         uv = meta.keypoint_uv[rows]
         cameras = self.train_dataset.cameras.to(self.device)
         bundle = cameras.generate_rays(camera_indices=frames[:, None].to(self.device), coords=uv.flip(-1).to(self.device))
-        images = self.train_images
+        images = self.train_frames[0]
         height, width = images.shape[1:3]
         x = uv[:, 0].long().clamp(0, width - 1)
         y = uv[:, 1].long().clamp(0, height - 1)
@@ -109,7 +90,7 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         """
         meta = self.scene_metadata
         kp_bundle, kp_batch = self.keypoint_rays(torch.arange(len(meta.keypoint_weight)))
-        ids = self.train_object_ids
+        ids = self.train_frames[1]
         frames, ys, xs = [], [], []
         for k in range(meta.num_objects):
             where = torch.nonzero(ids == k)
