@@ -33,7 +33,7 @@ from osn_nerfstudio.core.geometry import interpolate_poses, intersect_aabb, norm
 from osn_nerfstudio.core.validity import SupervisionCache, validity, validity_labels
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
 from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
-from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig, ScaleRanges
+from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
 
 
 @dataclass
@@ -118,7 +118,6 @@ class OSNModel(Model):
         for parameter in self.fields.parameters():
             parameter.register_hook(zero_non_finite)
         self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
-        self.ranges = ScaleRanges(meta.scale_range)
         self.coarse_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.fine_sampler = PDFSampler(num_samples=self.config.num_fine_samples, include_original=True)
         color = 1.0 if self.config.background_color == "white" else 0.0
@@ -368,7 +367,7 @@ class OSNModel(Model):
         cache = self.supervision_cache(rays, labels, weights)
         self.train(was_training)
         u = torch.rand(self.config.validity_candidates, self.num_objects - 1, generator=generator)
-        scores = validity(cache, self.ranges.denormalise(u), self.config.min_accumulation)
+        scores = validity(cache, self.scale_network.ranges.denormalise(u), self.config.min_accumulation)
         valid = validity_labels(
             scores, self.config.validity_threshold, self.config.min_valid_fraction, self.config.validity_tolerance
         )

@@ -113,7 +113,7 @@ def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
     rays = rays[hits[:, 1:].any(-1)]  # rays on foreground objects, where the depth order matters
     cache_labels = torch.zeros(len(rays), dtype=torch.long)
     cache = model.supervision_cache(rays, cache_labels, torch.ones(len(rays)))
-    configurations = model.ranges.denormalise(torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1)))
+    configurations = model.scale_network.ranges.denormalise(torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1)))
     configurations = torch.cat([configurations, model.true_scales[None]])
     # label every ray by what the true configuration shows, then score every configuration both ways
     truth_winner = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
