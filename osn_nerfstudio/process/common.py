@@ -26,6 +26,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=CONSOLE, transient=True) as progress:
+    # without a terminal (logs, pipes) a bar only adds blank lines
+    with Progress(*columns, console=CONSOLE, transient=True, disable=not CONSOLE.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda: progress.advance(task)
