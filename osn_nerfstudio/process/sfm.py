@@ -289,7 +289,7 @@ def to_object_frame(sfm: ObjectSfM, margin: float = 0.1, percentile: float = 1.0
     inliers = points[np.all((points >= low) & (points <= high), axis=1)]
     inliers = inliers if len(inliers) >= 3 else points
     centre = inliers.mean(axis=0)
-    _, _, axes = np.linalg.svd(inliers - centre, full_matrices=False)
+    _, _, axes = np.linalg.svd(inliers - centre)  # full_matrices: three axes even for few points
     if np.linalg.det(axes) < 0:
         axes[2] *= -1
     new_from_old = np.eye(4)
