@@ -1,0 +1,321 @@
+"""ns-viewer controls of an ``osn`` run: a scale slider per foreground object, sampling, ground truth, read-outs.
+
+How nerfstudio 1.1.5's viewer finds them (``nerfstudio/viewer/viewer.py``, ``viewer/utils.py: parse_object``): it
+walks the pipeline's public attributes, recursing only into ``nn.Module`` attributes, and installs every
+``ViewerElement`` it meets under "Custom Elements", in alphabetical order of attribute name; it wraps each element's
+callback so that the view re-renders after it (holding the training lock while training). It calls ``_setup(viewer)``
+of every ``ViewerControl`` it meets the same way. :func:`attach_viewer_controls` therefore puts the elements on the
+pipeline under names that sort in display order.
+
+The render configuration is the model's ``render_scales`` buffer (every non-training render uses it); the sliders
+write it and are moved to it. Exact validity needs every object rendered alone on the supervision rays: that cache is
+built on first use and rebuilt only after training has moved on by a round (``steps_per_round`` steps).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerElement, ViewerSlider, ViewerText
+
+from osn_nerfstudio.core.validity import SupervisionCache, ValidityPlan, plan_validity, score_plan, validity_labels
+
+if TYPE_CHECKING:
+    from nerfstudio.viewer.viewer import Viewer
+
+REFERENCE_CANDIDATES = 4096
+"""Uniform configurations scored once per cache to place the validity threshold as training does (best score minus
+the tolerance when nothing reaches the threshold)."""
+
+SCENE_OUTPUTS = ("rgb", "depth", "z_depth", "accumulation", "segmentation")
+OBJECT_OUTPUTS = ("rgb", "depth", "accumulation")
+"""Per-object outputs ``<kind>_<object name>`` (the object alone, at its scale)."""
+
+
+def slider_step(low: float, high: float) -> float:
+    """A power of ten that divides the range into 100 to 1000 steps."""
+    return 10.0 ** math.floor(math.log10((high - low) / 100.0))
+
+
+def scales_from_sliders(values: Sequence[float], scale_range: Float[Tensor, "K 2"]) -> Float[Tensor, "K"]:
+    """The configuration of slider values (one per foreground object), clamped to the ranges; the background is 1."""
+    foreground = torch.tensor([float(v) for v in values], dtype=scale_range.dtype, device=scale_range.device)
+    foreground = torch.minimum(torch.maximum(foreground, scale_range[1:, 0]), scale_range[1:, 1])
+    return torch.cat([foreground.new_ones(1), foreground])
+
+
+def sliders_from_scales(scales: Float[Tensor, "K"], scale_range: Float[Tensor, "K 2"]) -> List[float]:
+    """Slider values (foreground objects) of a configuration, clamped to the sliders' ranges."""
+    clamped = torch.minimum(torch.maximum(scales[1:].to(scale_range), scale_range[1:, 0]), scale_range[1:, 1])
+    return [float(v) for v in clamped]
+
+
+def closest_to_truth(true_scales: Float[Tensor, "K"], scale_range: Float[Tensor, "K 2"]) -> Optional[Float[Tensor, "K"]]:
+    """The configuration within the scale ranges closest to the true scales (the truth itself when it lies inside);
+    None when the scene does not know them."""
+    if torch.isnan(true_scales).any():
+        return None
+    return scales_from_sliders(sliders_from_scales(true_scales, scale_range), scale_range)
+
+
+def readout_texts(osn_score: float, exact_validity: float, valid_from: float) -> Tuple[str, str]:
+    """Texts of the two read-outs: the scale network's probability, and exact validity with its verdict."""
+    network = f"{osn_score:.3f} > 0.5: valid" if osn_score > 0.5 else f"{osn_score:.3f} ≤ 0.5: invalid"
+    if exact_validity >= valid_from:
+        return network, f"{exact_validity:.3f} ≥ {valid_from:.3f}: valid"
+    return network, f"{exact_validity:.3f} < {valid_from:.3f}: invalid"
+
+
+def viewer_output_names(names: Sequence[str], object_names: Sequence[str]) -> List[str]:
+    """The outputs the viewer offers, in display order: composite images, then each object's own views.
+
+    Only 3-channel colours and 1-channel values: the viewer's colormaps fail on 2 channels, and the model's
+    per-object stacks (``object_weights``, ``alone_*``, ``scales``: K or 3K channels) would show as noise.
+    """
+    wanted = list(SCENE_OUTPUTS) + [f"{kind}_{name}" for name in object_names for kind in OBJECT_OUTPUTS]
+    available = set(names)
+    return [name for name in wanted if name in available]
+
+
+@dataclass
+class ViewerCamera:
+    """A viewer (viser) camera: world units times the viewer's scale ratio."""
+
+    position: Tuple[float, float, float]
+    look_at: Tuple[float, float, float]
+    up_direction: Tuple[float, float, float]
+    fov: float
+    """Vertical field of view, radians."""
+
+
+def camera_view(
+    camera_to_world: Float[Tensor, "3 4"], fy: float, cy: float, look_distance: float, behind: float, scale_ratio: float
+) -> ViewerCamera:
+    """A viewer camera ``behind`` world units behind a nerfstudio camera (OpenGL axes: looks along -z, y up),
+    looking at the point ``look_distance`` in front of it, with its vertical field of view."""
+    rotation, centre = camera_to_world[:, :3].double(), camera_to_world[:, 3].double()
+    position = (centre + rotation[:, 2] * behind) * scale_ratio
+    look_at = (centre - rotation[:, 2] * look_distance) * scale_ratio
+    return ViewerCamera(
+        position=tuple(position.tolist()),
+        look_at=tuple(look_at.tolist()),
+        up_direction=tuple(rotation[:, 1].tolist()),
+        fov=2.0 * math.atan(cy / fy),
+    )
+
+
+@dataclass
+class ValidityReference:
+    """What scoring a configuration's exact validity needs, computed once per supervision cache."""
+
+    plan: ValidityPlan
+    valid_from: float
+    """Lowest exact validity counted valid by the training labels' rule (``validity_labels``) on uniform
+    candidates: the threshold, or the best candidate's score minus the tolerance when that is lower, or the best
+    fraction's lowest score when too few reach either."""
+    training_round: int
+    """``round_of(model)`` when the cache was rendered."""
+
+    def score(self, scales: Float[Tensor, "K"]) -> float:
+        return float(score_plan(self.plan, scales.detach().cpu().double()[None])[0])
+
+
+def validity_reference(model, cache: SupervisionCache, generator: torch.Generator) -> ValidityReference:
+    plan = plan_validity(cache, model.config.min_accumulation)
+    u = torch.rand(REFERENCE_CANDIDATES, model.num_objects - 1, generator=generator, dtype=torch.float64)
+    scores = score_plan(plan, model.scale_network.ranges.denormalise(u.to(model.scale_range)).cpu().double())
+    config = model.config
+    valid = validity_labels(scores, config.validity_threshold, config.min_valid_fraction, config.validity_tolerance)
+    threshold = min(config.validity_threshold, float(scores.max()) - config.validity_tolerance)
+    # below the threshold only when too few candidates reach it and the best fraction counts instead
+    return ValidityReference(plan, min(threshold, float(scores[valid].min())), round_of(model))
+
+
+def round_of(model) -> int:
+    """Training progress in rounds of ``steps_per_round`` steps: the validity cache is rebuilt when it changes (on
+    every slider move it would hold training up for a second each time)."""
+    return model.step // model.config.steps_per_round
+
+
+class ScaleSlider(ViewerSlider[float]):
+    """A slider whose end marks show its range (viser's default marks print them as integers: 0.02 becomes 0)."""
+
+    def _create_gui_handle(self, viser_server) -> None:
+        self.gui_handle = viser_server.gui.add_slider(
+            self.name,
+            self.min,
+            self.max,
+            self.step,
+            self.default_value,
+            marks=((self.min, f"{self.min:.3g}"), (self.max, f"{self.max:.3g}")),
+            disabled=self.disabled,
+            visible=self.visible,
+            hint=self.hint,
+        )
+
+
+class ReadoutText(ViewerText):
+    """A read-only text: the program sets it, and setting it calls nothing (no re-render)."""
+
+    def __init__(self, name: str, hint: str) -> None:
+        super().__init__(name, "", disabled=True, hint=hint)
+
+    def install(self, viser_server) -> None:
+        self._create_gui_handle(viser_server)
+
+
+class OSNViewerControls(ViewerControl):
+    """The viewer elements of an OSN pipeline and their callbacks (docs/viewer.md)."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        model = pipeline.model
+        ranges = model.scale_range.cpu()
+        start = sliders_from_scales(model.render_scales.cpu(), ranges)
+        self.scale_sliders: List[ScaleSlider] = [
+            ScaleSlider(
+                f"{name} scale",
+                start[k - 1],
+                float(ranges[k, 0]),
+                float(ranges[k, 1]),
+                slider_step(float(ranges[k, 0]), float(ranges[k, 1])),
+                cb_hook=self.scale_callback(k),
+                hint=f"Scale of {name} relative to the background, within its range "
+                f"[{float(ranges[k, 0]):.4g}, {float(ranges[k, 1]):.4g}]",
+            )
+            for k, name in enumerate(model.object_names)
+            if k > 0
+        ]
+        self.sample_button = ViewerButton(
+            "Sample valid configuration", cb_hook=lambda _: self.sample_configuration()
+        )
+        self.truth_button: Optional[ViewerButton] = None
+        if closest_to_truth(model.true_scales.cpu(), ranges) is not None:
+            self.truth_button = ViewerButton("Closest to ground truth", cb_hook=lambda _: self.show_ground_truth())
+        self.osn_readout = ReadoutText("OSN score", "The scale network's probability that this configuration is valid")
+        self.validity_readout = ReadoutText(
+            "Exact validity",
+            "Weighted fraction of supervision rays whose Z-buffer winner is the object the video shows there",
+        )
+        self.generator = torch.Generator().manual_seed(0)
+        self.reference: Optional[ValidityReference] = None
+        self.lock = threading.RLock()
+
+    @property
+    def model(self):
+        return self.pipeline.model
+
+    def named_elements(self) -> List[Tuple[str, ViewerElement]]:
+        """Pipeline attribute names (sorting in display order) and elements."""
+        elements: List[ViewerElement] = [*self.scale_sliders, self.sample_button]
+        if self.truth_button is not None:
+            elements.append(self.truth_button)
+        elements += [self.osn_readout, self.validity_readout]
+        return [(f"osn_viewer_{i:02d}", element) for i, element in enumerate(elements)]
+
+    def _setup(self, viewer: Viewer) -> None:
+        """Called by the viewer once its elements are installed: restrict the output list, show the configuration."""
+        super()._setup(viewer)
+        panel = viewer.control_panel
+        offer_outputs: Callable[[List[str]], None] = panel.update_output_options
+        panel.update_output_options = lambda names: offer_outputs(viewer_output_names(names, self.model.object_names))
+        self.show_configuration(self.model.render_scales.detach().clone())
+        viewer.viser_server.on_client_connect(self.look_from_first_frame)
+
+    def look_from_first_frame(self, client) -> None:
+        """Open a new browser view on the video's first frame, where every object is in sight.
+
+        Slightly behind that frame's camera: exactly there, the viewer's picture of the training image (its camera
+        frustum) would cover the whole view.
+        """
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+        camera = self.pipeline.datamanager.train_dataset.cameras[0]
+        near, far = self.model.depth_bounds.tolist()
+        middle = 0.5 * (near + far)
+        view = camera_view(
+            camera.camera_to_worlds, float(camera.fy), float(camera.cy), middle, 0.2 * middle, VISER_NERFSTUDIO_SCALE_RATIO
+        )
+        with client.atomic():
+            client.camera.fov = view.fov
+            client.camera.up_direction = view.up_direction
+            client.camera.position = view.position
+            client.camera.look_at = view.look_at
+
+    # ---------------------------------------------------------------- callbacks
+
+    def scale_callback(self, k: int) -> Callable[[ViewerSlider], None]:
+        def on_change(slider: ViewerSlider) -> None:
+            with self.lock:
+                low, high = self.model.scale_range[k].tolist()
+                self.model.render_scales[k] = min(max(float(slider.value), low), high)
+                self.update_readouts()
+
+        return on_change
+
+    def sample_configuration(self) -> None:
+        """Draw one configuration from the scale network's valid region and show it."""
+        result = self.model.scale_network.sample(1, generator=self.generator)
+        if result.fell_back:
+            CONSOLE.print(f"[yellow]Sample valid configuration: {result.message}")
+        self.show_configuration(result.scales[0])
+
+    def show_ground_truth(self) -> None:
+        truth = closest_to_truth(self.model.true_scales.cpu(), self.model.scale_range.cpu())
+        if truth is not None:
+            self.show_configuration(truth)
+
+    def show_configuration(self, scales: Float[Tensor, "K"]) -> None:
+        """Render at ``scales`` (clamped to the ranges) and move the sliders there."""
+        with self.lock:
+            ranges = self.model.scale_range
+            values = sliders_from_scales(scales, ranges)
+            self.model.render_scales.copy_(scales_from_sliders(values, ranges))
+            # each slider's callback then writes the value it already holds
+            for slider, value in zip(self.scale_sliders, values):
+                slider.value = value
+            self.update_readouts()
+
+    # ---------------------------------------------------------------- read-outs
+
+    def update_readouts(self) -> None:
+        self.osn_readout.value, self.validity_readout.value = self.readouts(self.model.render_scales)
+
+    @torch.no_grad()
+    def readouts(self, scales: Float[Tensor, "K"]) -> Tuple[str, str]:
+        osn_score = float(self.model.scale_network.probability(scales.to(self.model.scale_range)[None])[0])
+        reference = self.validity_reference()
+        return readout_texts(osn_score, reference.score(scales), reference.valid_from)
+
+    def validity_reference(self) -> ValidityReference:
+        """The cached validity reference, rebuilt when training has moved on by a round since it was rendered."""
+        with self.lock:
+            if self.reference is None or self.reference.training_round != round_of(self.model):
+                self.reference = self.build_reference()
+            return self.reference
+
+    def build_reference(self) -> ValidityReference:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            cache = model.supervision_cache_of(self.pipeline.datamanager, torch.Generator().manual_seed(0))
+        finally:
+            model.train(was_training)
+        return validity_reference(model, cache, torch.Generator().manual_seed(0))
+
+
+def attach_viewer_controls(pipeline) -> OSNViewerControls:
+    """Build the controls of an OSN pipeline and put their elements on it, where the viewer finds them."""
+    controls = OSNViewerControls(pipeline)
+    for name, element in controls.named_elements():
+        setattr(pipeline, name, element)
+    return controls
