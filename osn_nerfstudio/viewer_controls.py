@@ -35,10 +35,6 @@ REFERENCE_CANDIDATES = 4096
 """Uniform configurations scored once per cache to place the validity threshold as training does (best score minus
 the tolerance when nothing reaches the threshold)."""
 
-SCENE_OUTPUTS = ("rgb", "depth", "z_depth", "accumulation", "segmentation")
-OBJECT_OUTPUTS = ("rgb", "depth", "accumulation")
-"""Per-object outputs ``<kind>_<object name>`` (the object alone, at its scale)."""
-
 
 def slider_step(low: float, high: float) -> float:
     """A power of ten that divides the range into 100 to 1000 steps."""
@@ -72,17 +68,6 @@ def readout_texts(osn_score: float, exact_validity: float, valid_from: float) ->
     if exact_validity >= valid_from:
         return network, f"{exact_validity:.3f} ≥ {valid_from:.3f}: valid"
     return network, f"{exact_validity:.3f} < {valid_from:.3f}: invalid"
-
-
-def viewer_output_names(names: Sequence[str], object_names: Sequence[str]) -> List[str]:
-    """The outputs the viewer offers, in display order: composite images, then each object's own views.
-
-    Only 3-channel colours and 1-channel values: the viewer's colormaps fail on 2 channels, and the model's
-    per-object stacks (``object_weights``, ``alone_*``, ``scales``: K or 3K channels) would show as noise.
-    """
-    wanted = list(SCENE_OUTPUTS) + [f"{kind}_{name}" for name in object_names for kind in OBJECT_OUTPUTS]
-    available = set(names)
-    return [name for name in wanted if name in available]
 
 
 @dataclass
@@ -125,7 +110,8 @@ class ValidityReference:
     """``round_of(model)`` when the cache was rendered."""
 
     def score(self, scales: Float[Tensor, "K"]) -> float:
-        return float(score_plan(self.plan, scales.detach().cpu().double()[None])[0])
+        # in the scales' own precision, as ``validity(cache, scales[None], ...)`` scores them
+        return float(score_plan(self.plan, scales.detach().cpu()[None])[0])
 
 
 def validity_reference(model, cache: SupervisionCache, generator: torch.Generator) -> ValidityReference:
@@ -222,11 +208,8 @@ class OSNViewerControls(ViewerControl):
         return [(f"osn_viewer_{i:02d}", element) for i, element in enumerate(elements)]
 
     def _setup(self, viewer: Viewer) -> None:
-        """Called by the viewer once its elements are installed: restrict the output list, show the configuration."""
+        """Called by the viewer once its elements are installed: show the configuration, place new browsers' views."""
         super()._setup(viewer)
-        panel = viewer.control_panel
-        offer_outputs: Callable[[List[str]], None] = panel.update_output_options
-        panel.update_output_options = lambda names: offer_outputs(viewer_output_names(names, self.model.object_names))
         self.show_configuration(self.model.render_scales.detach().clone())
         viewer.viser_server.on_client_connect(self.look_from_first_frame)
 

@@ -16,7 +16,6 @@ from osn_nerfstudio.viewer_controls import (
     scales_from_sliders,
     slider_step,
     sliders_from_scales,
-    viewer_output_names,
 )
 
 RANGES = torch.tensor([[1.0, 1.0], [0.02, 0.33], [0.5, 4.0]])
@@ -45,11 +44,6 @@ def test_closest_to_truth_is_the_truth_clamped_and_none_without_truth():
 def test_readout_texts_give_scores_and_verdicts():
     assert readout_texts(0.93, 0.9612, 0.95) == ("0.930 > 0.5: valid", "0.961 ≥ 0.950: valid")
     assert readout_texts(0.2, 0.8, 0.95) == ("0.200 ≤ 0.5: invalid", "0.800 < 0.950: invalid")
-
-
-def test_viewer_output_names_keep_images_in_display_order():
-    names = ["object_weights", "alone_rgb", "depth_box", "scales", "rgb", "rgb_box", "segmentation", "depth", "accumulation"]
-    assert viewer_output_names(names, ["background", "box"]) == ["rgb", "depth", "accumulation", "segmentation", "rgb_box", "depth_box"]
 
 
 def test_camera_view_looks_along_the_camera_from_behind_it():
@@ -155,35 +149,27 @@ def test_ground_truth_button_shows_the_configuration_closest_to_the_truth(pipeli
     check_readouts(pipeline, cache)
 
 
-def test_every_output_the_viewer_offers_renders(pipeline):
+def test_every_output_of_a_camera_renders_in_the_viewer(pipeline):
+    """The viewer lists every output of ``get_outputs_for_camera``; its colormaps take 3 channels (colour) or 1."""
     from nerfstudio.utils import colormaps
     from nerfstudio.viewer.control_panel import _get_colormap_options
 
     model = pipeline.model
     camera = pipeline.datamanager.train_dataset.cameras[0:1]
     outputs = model.get_outputs_for_camera(camera)
-    offered = viewer_output_names(list(outputs), model.object_names)
-    assert {"rgb", "depth", "accumulation", "segmentation"} <= set(offered)
+    assert {"rgb", "depth", "accumulation", "segmentation"} <= set(outputs)
     for name in model.object_names:
-        assert {f"rgb_{name}", f"depth_{name}"} <= set(offered)
-    for name in offered:
-        image = outputs[name]
+        assert {f"rgb_{name}", f"depth_{name}", f"accumulation_{name}"} <= set(outputs)
+    for name, image in outputs.items():
         assert image.shape[-1] in (1, 3) and image.is_floating_point(), (name, image.shape)
         colormap = _get_colormap_options(image.shape[-1], image.dtype)[0]
         rendered = colormaps.apply_colormap(image, colormaps.ColormapOptions(colormap=colormap))
         assert rendered.shape == (*image.shape[:2], 3) and torch.isfinite(rendered).all(), name
 
 
-def test_setup_restricts_the_output_list_and_shows_the_configuration(pipeline):
+def test_setup_shows_the_configuration_and_places_new_views(pipeline):
     controls = pipeline.viewer_controls
-    offered = []
     connected = []
-    viewer = SimpleNamespace(
-        control_panel=SimpleNamespace(update_output_options=offered.extend),
-        viser_server=SimpleNamespace(on_client_connect=connected.append),
-    )
-    controls._setup(viewer)
-    viewer.control_panel.update_output_options(["alone_rgb", "rgb", "object_weights", "depth"])
-    assert offered == ["rgb", "depth"]
+    controls._setup(SimpleNamespace(viser_server=SimpleNamespace(on_client_connect=connected.append)))
     assert connected == [controls.look_from_first_frame]
     assert [slider.value for slider in controls.scale_sliders] == pytest.approx(pipeline.model.render_scales[1:].tolist())
