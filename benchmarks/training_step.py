@@ -1,6 +1,7 @@
 """Time one OSN training step (forward, backward, optimizer step) on the default demo scene, per phase.
 
     python benchmarks/training_step.py [--steps 20] [--threads 1] [--fused-adam] [--keep-freed-memory]
+    python benchmarks/training_step.py --num-objects 2 4 8   # cost as the number of objects grows
 
 The pipeline and its optimizers are built as ``ns-train osn`` builds them, on the CPU: 1024 pixel rays and
 256 keypoint rays per batch, the default demo scene (128x96, 3 foreground objects and the background).
@@ -34,7 +35,7 @@ import tyro
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 
-from osn_nerfstudio.data.demo_scene import ensure_demo_scene
+from osn_nerfstudio.data.demo_scene import DemoSceneConfig, ensure_demo_scene
 from osn_nerfstudio.osn_config import osn_method
 from machine import load_average, machine_info
 
@@ -63,6 +64,9 @@ class BenchmarkArgs:
     """Where the demo scene is generated or reused (default: $OSN_CACHE_DIR, else a temporary folder)."""
     seed: int = 0
     """Seed for the fields' initialisation and the ray batches."""
+    num_objects: Tuple[int, ...] = (3,)
+    """Foreground objects of the generated demo scene (the background is one more); several values are
+    measured one after another in this process, so their ratios compare like with like."""
 
 
 @dataclass
@@ -160,10 +164,18 @@ def main(args: BenchmarkArgs) -> None:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
         keep_freed_memory()
-    torch.manual_seed(args.seed)
-    with tempfile.TemporaryDirectory() as temporary:
-        cache_dir = args.cache_dir or Path(os.environ.get("OSN_CACHE_DIR", temporary))
-        pipeline, optimizers = build_pipeline(ensure_demo_scene(cache_dir=cache_dir), args.fused_adam)
+    print(machine_info())
+    for num_objects in args.num_objects:
+        torch.manual_seed(args.seed)
+        with tempfile.TemporaryDirectory() as temporary:
+            cache_dir = args.cache_dir or Path(os.environ.get("OSN_CACHE_DIR", temporary))
+            scene = ensure_demo_scene(DemoSceneConfig(num_objects=num_objects), cache_dir=cache_dir)
+            pipeline, optimizers = build_pipeline(scene, args.fused_adam)
+        report(pipeline, optimizers, args)
+
+
+def report(pipeline: VanillaPipeline, optimizers: Optimizers, args: BenchmarkArgs) -> None:
+    """Time both phases on ``pipeline`` and print a table."""
     model = pipeline.model
     datamanager_config = pipeline.datamanager.config
     rays = datamanager_config.train_num_rays_per_batch + datamanager_config.num_keypoint_rays
@@ -175,9 +187,8 @@ def main(args: BenchmarkArgs) -> None:
         for phase in PHASES:
             blocks[phase].append(time_block(pipeline, optimizers, phase, args.block))
 
-    print(machine_info())
     print(
-        f"load average {load_average()} | {model.num_objects} objects | {rays} rays per step | "
+        f"\nload average {load_average()} | {model.num_objects} objects (K, background included) | {rays} rays per step | "
         f"Adam {'fused' if args.fused_adam else 'default (for-loop)'} | "
         f"malloc {'keeps freed memory' if args.keep_freed_memory else 'default'}"
     )
@@ -194,8 +205,8 @@ def main(args: BenchmarkArgs) -> None:
         system = statistics.median(block.system_seconds for block in blocks[phase])
         values = (1e3 * median, 1e3 * best, rays / median, faults, 1e3 * system)
         print(f"{phase:<12} " + " ".join(f"{value:>15.1f}" for value in values))
-    # ru_maxrss is in KiB on Linux
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    # ru_maxrss is in KiB on Linux; it is the process's peak so far
+    print(f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

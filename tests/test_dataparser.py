@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
-from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig
+from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig, foreground_boundaries
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig, OSNSceneMetadata
 from osn_nerfstudio.data.osn_dataset import IGNORE_ID
 from osn_nerfstudio.data.scene_format import read_depth, read_mask
@@ -160,6 +160,26 @@ def test_supervision_rays_cover_every_object(scene_dir, scene):
     assert len(bundle) == len(labels) == len(weights) == len(scene.keypoints) + 50 * scene.num_objects
     assert set(labels.tolist()) == set(range(scene.num_objects))
     assert torch.all(weights[len(scene.keypoints) :] == 1)
+
+
+def test_supervision_boundary_pixels_lie_next_to_another_foreground_object(scene_dir, scene):
+    config = OSNDataManagerConfig(dataparser=OSNDataParserConfig(data=scene_dir))
+    datamanager = config.setup(device="cpu", test_mode="val")
+    ids = datamanager.train_frames[1]
+    near = foreground_boundaries(ids, scene.num_objects, 2)
+    generator = torch.Generator().manual_seed(0)
+    bundle, labels, _ = datamanager.supervision_rays(10, generator, boundary_pixels_per_object=7, boundary_width=2)
+    boundary_labels = labels[len(scene.keypoints) + 10 * scene.num_objects :]
+    expected = [k for k in range(1, scene.num_objects) for _ in range(min(7, int(near[k - 1].sum())))]
+    assert boundary_labels.tolist() == expected
+
+
+def test_foreground_boundaries_on_a_hand_built_label_map():
+    ids = torch.tensor([[[0, 1, 1, 2, 2, 2], [0, 1, 1, -1, 2, 2], [0, 0, 0, 0, 0, 2]]])
+    near_1, near_2 = foreground_boundaries(ids, 3, width=1)
+    # object 1's pixels within one pixel (8-neighbourhood) of object 2; ignored (-1) and background do not count
+    assert near_1[0].nonzero().tolist() == [[0, 2], [1, 2]]
+    assert near_2[0].nonzero().tolist() == [[0, 3]]
 
 
 def test_eval_images_carry_ground_truth_depth(scene_dir, scene):

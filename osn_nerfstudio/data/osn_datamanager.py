@@ -83,28 +83,46 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         }
         return bundle, batch
 
-    def supervision_rays(self, pixels_per_object: int, generator: torch.Generator) -> Tuple[RayBundle, Tensor, Tensor]:
-        """Rays that decide validity: every keypoint, plus up to ``pixels_per_object`` mask pixels of each object.
+    def supervision_rays(
+        self, pixels_per_object: int, generator: torch.Generator, boundary_pixels_per_object: int = 0, boundary_width: int = 3
+    ) -> Tuple[RayBundle, Tensor, Tensor]:
+        """Rays that decide validity: every keypoint, up to ``pixels_per_object`` mask pixels of each object, and up
+        to ``boundary_pixels_per_object`` pixels of each foreground object within ``boundary_width`` pixels of
+        another foreground object (where the video shows which of the two is in front).
 
-        Returns the rays, their object labels [R] and weights [R] (keypoint confidence, 1 for mask pixels).
+        Returns the rays, their object labels [R] and weights [R] (keypoint confidence, 1 for pixels).
         """
         meta = self.scene_metadata
         kp_bundle, kp_batch = self.keypoint_rays(torch.arange(len(meta.keypoint_weight)))
         ids = self.train_frames[1]
-        frames, ys, xs = [], [], []
-        for k in range(meta.num_objects):
-            where = torch.nonzero(ids == k)
-            pick = torch.randperm(len(where), generator=generator)[:pixels_per_object]
-            frames.append(where[pick, 0])
-            ys.append(where[pick, 1])
-            xs.append(where[pick, 2])
-        frame, y, x = torch.cat(frames), torch.cat(ys), torch.cat(xs)
+        picks = [random_rows(torch.nonzero(ids == k), pixels_per_object, generator) for k in range(meta.num_objects)]
+        if boundary_pixels_per_object > 0:
+            near_other = foreground_boundaries(ids, meta.num_objects, boundary_width)
+            picks += [random_rows(torch.nonzero(near), boundary_pixels_per_object, generator) for near in near_other]
+        frame, y, x = torch.cat(picks).unbind(-1)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
         cameras = self.train_dataset.cameras.to(self.device)
         pixel_bundle = cameras.generate_rays(camera_indices=frame[:, None].to(self.device), coords=coords.to(self.device))
         labels = torch.cat([kp_batch["object_id"][:, 0].cpu(), ids[frame, y, x]])
         weights = torch.cat([kp_batch["keypoint_weight"].cpu(), torch.ones(len(frame))])
         return concat_bundles(kp_bundle, pixel_bundle), labels, weights
+
+
+def random_rows(rows: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """Up to ``count`` rows of ``rows`` [N, 3], drawn without replacement."""
+    return rows[torch.randperm(len(rows), generator=generator)[:count]]
+
+
+def foreground_boundaries(ids: Tensor, num_objects: int, width: int) -> list[Tensor]:
+    """For each foreground object k >= 1, [F, H, W] pixels of k within ``width`` pixels of another foreground
+    object (label >= 1, not k)."""
+    size = 2 * width + 1
+    boundaries = []
+    for k in range(1, num_objects):
+        others = ((ids >= 1) & (ids != k)).float()[:, None]
+        near = torch.nn.functional.max_pool2d(others, size, stride=1, padding=width)[:, 0] > 0
+        boundaries.append(near & (ids == k))
+    return boundaries
 
 
 def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:

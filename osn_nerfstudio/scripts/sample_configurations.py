@@ -58,8 +58,7 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     CONSOLE.print("Rendering every object alone on the supervision rays ...")
-    rays, labels, weights = pipeline.datamanager.supervision_rays(model.config.supervision_pixels_per_object, generator)
-    cache = model.supervision_cache(rays, labels, weights)
+    cache = model.supervision_cache_of(pipeline.datamanager, generator)
     torch.manual_seed(seed)
     result = model.scale_network.sample(num)
     scales = result.scales.cpu()
@@ -68,7 +67,7 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "objects": names,
         "scale_range": {name: model.scale_range[k].tolist() for k, name in enumerate(names)},
-        "supervision_rays": len(labels),
+        "supervision_rays": cache.num_rays,
         "fell_back": result.fell_back,
         "message": result.message,
         "configurations": [
