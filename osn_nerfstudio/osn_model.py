@@ -95,6 +95,14 @@ class OSNModelConfig(ModelConfig):
     """Weight of the fields' own regulariser (total variation of grids)."""
     render_frame: float = 0.0
     """Frame shown when a camera carries neither a frame index nor a time."""
+    eval_num_configurations: int = 4
+    """Configurations sampled from the scale network for ns-eval's best-of-N and mean-of-N metrics
+    (each one renders every evaluation image again)."""
+    eval_seed: int = 0
+    """Seed of the configurations ns-eval samples, so that its results are reproducible."""
+    eval_covisibility_masks: Optional[str] = None
+    """Directory of co-visibility masks, one PNG per evaluation image named like the image file; when set,
+    ns-eval scores only the masks' nonzero pixels."""
 
 
 class OSNModel(Model):
@@ -289,8 +297,12 @@ class OSNModel(Model):
             "scales": scales,
             "directions_norm": directions_norm,
         }
+        # each object alone at its scale (the viewer's per-object views): colour over the background, depth, opacity
         for k, name in enumerate(self.object_names):
+            accumulation = alone.accumulation[:, k : k + 1]
+            outputs[f"rgb_{name}"] = alone.rgb[:, k] + (1.0 - accumulation) * self.background
             outputs[f"depth_{name}"] = alone.depth[:, k : k + 1] * scales[:, k : k + 1]
+            outputs[f"accumulation_{name}"] = accumulation
         return outputs
 
     def segmentation_colors(self) -> Float[Tensor, "K 3"]:
@@ -406,28 +418,51 @@ class OSNModel(Model):
 
     # ---------------------------------------------------------------- evaluation images
 
-    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        """PSNR and SSIM of colour; depth and segmentation scores where the batch has ground truth."""
-        from torchmetrics.functional.image import structural_similarity_index_measure
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera, obb_box=None) -> Dict[str, Tensor]:
+        """Images of a camera: every output with 1 or 3 channels, so that ns-render, ns-eval and the viewer can
+        show each one. The per-object stacks become one image per object: ``weight_<name>`` (its share of the
+        composite weights); ``rgb_<name>``, ``depth_<name>`` and ``accumulation_<name>`` are already images."""
+        outputs = super().get_outputs_for_camera(camera, obb_box)
+        weights = outputs.pop("object_weights")
+        for k, name in enumerate(self.object_names):
+            outputs[f"weight_{name}"] = weights[..., k : k + 1]
+        return {key: value for key, value in outputs.items() if key not in RAY_ONLY_OUTPUTS}
 
-        image = batch["image"][..., :3].to(outputs["rgb"].device)
+    def object_weights_image(self, outputs: Dict[str, Tensor]) -> Float[Tensor, "H W K"]:
+        """[H, W, K] composite weight of every object, from an image's ``weight_<name>`` outputs."""
+        return torch.cat([outputs[f"weight_{name}"] for name in self.object_names], dim=-1)
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        """PSNR, SSIM and LPIPS (when its weights are on disk) of colour; depth errors and segmentation scores
+        where the batch has ground truth. A ``covisibility_mask`` [H, W, 1] in the batch (nonzero = scored)
+        restricts every metric to its pixels."""
+        device = outputs["rgb"].device
+        image = batch["image"][..., :3].to(device)
         rgb = outputs["rgb"].clamp(0, 1)
-        metrics = {
-            "psnr": metrics_lib.psnr(rgb, image),
-            "ssim": float(structural_similarity_index_measure(rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None], data_range=1.0)),
-        }
+        valid = batch["covisibility_mask"][..., 0].to(device) != 0 if "covisibility_mask" in batch else None
+        metrics = {"psnr": metrics_lib.psnr(rgb, image, valid), "ssim": metrics_lib.ssim(rgb, image, valid)}
+        network, _ = metrics_lib.load_lpips()
+        if network is not None:
+            metrics["lpips"] = metrics_lib.lpips(rgb, image, network.to(device), valid)
         if "gt_depth" in batch:
-            depth_errors = metrics_lib.median_aligned_depth_errors(outputs["z_depth"][..., 0], batch["gt_depth"][..., 0].to(rgb.device))
+            depth_errors = metrics_lib.median_aligned_depth_errors(outputs["z_depth"][..., 0], batch["gt_depth"][..., 0].to(device), valid)
             metrics.update({f"depth_{k}": v for k, v in depth_errors.items()})
         if "object_id" in batch:
-            predicted = outputs["object_weights"].argmax(-1)
-            metrics["miou"] = metrics_lib.mean_iou(predicted, batch["object_id"][..., 0].to(rgb.device), self.num_objects)
+            predicted, target = self.object_weights_image(outputs).argmax(-1), batch["object_id"][..., 0].to(device)
+            metrics["miou"] = metrics_lib.mean_iou(predicted, target, self.num_objects, valid)
+            metrics["pq"] = metrics_lib.panoptic_quality(predicted, target, self.num_objects, valid)
         images = {
             "img": torch.cat([image, rgb], dim=1),
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
             "segmentation": outputs["segmentation"],
         }
         return metrics, images
+
+
+RAY_ONLY_OUTPUTS = ("alone_rgb", "alone_depth", "alone_accumulation", "scales", "directions_norm")
+"""Outputs of ``get_outputs`` that only the losses use (per-object stacks and per-ray bookkeeping); images of a
+camera leave them out."""
 
 
 def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) -> Float[Tensor, "R"]:

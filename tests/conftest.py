@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny generated scene and a short osn training run on it, made once per test session.
+
+The run is for the tools that work on a trained run (viewer, ns-render, ns-eval, resume); its quality is not
+asserted here (tests/test_training.py trains longer and checks what the method learns).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SCENE = DemoSceneConfig(seed=1, width=48, height=36, num_frames=10, num_objects=2, test_view_every=3)
+TINY_STEPS, TINY_BOOTSTRAP, TINY_ROUND = 240, 120, 60
+
+
+def command(name: str) -> str:
+    """Path of a console command installed beside the running interpreter (ns-train, osn-train, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def tiny_train_args(scene: Path, output_dir: Path, steps: int = TINY_STEPS, steps_per_save: int = TINY_STEPS) -> List[str]:
+    """osn-train arguments of the tiny run (CPU preset, small batches, short phases)."""
+    return [
+        command("osn-train"),
+        str(REPO / "configs" / "demo-cpu.yaml"),
+        "--data", str(scene),
+        "--output-dir", str(output_dir),
+        "--experiment-name", "tiny",
+        "--max-num-iterations", str(steps),
+        "--steps-per-save", str(steps_per_save),
+        "--pipeline.model.bootstrap-steps", str(TINY_BOOTSTRAP),
+        "--pipeline.model.steps-per-round", str(TINY_ROUND),
+        "--pipeline.model.validity-candidates", "2048",
+        "--pipeline.datamanager.train-num-rays-per-batch", "256",
+        "--pipeline.datamanager.num-keypoint-rays", "64",
+    ]
+
+
+def latest_run(output_dir: Path) -> Path:
+    return sorted((output_dir / "tiny" / "osn").iterdir())[-1]
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    scene = tmp_path_factory.mktemp("tiny-scene") / "scene"
+    make_demo_scene(scene, TINY_SCENE)
+    return scene
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scene: Path, tmp_path_factory) -> Path:
+    """outputs/tiny/osn/<timestamp> of a finished tiny run (config.yml, nerfstudio_models/)."""
+    output_dir = tmp_path_factory.mktemp("tiny-run")
+    result = subprocess.run(
+        tiny_train_args(tiny_scene, output_dir), capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return latest_run(output_dir)
