@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.trainer import TrainerConfig
-from osn_nerfstudio.osn_pipeline import OSNPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig
 from osn_nerfstudio.osn_model import OSNModelConfig
+from osn_nerfstudio.osn_pipeline import OSNPipelineConfig
+from osn_nerfstudio.osn_trainer import OSNTrainerConfig
 
 osn_method = MethodSpecification(
-    config=TrainerConfig(
+    config=OSNTrainerConfig(
         method_name="osn",
         steps_per_eval_batch=500,
         steps_per_eval_image=500,
