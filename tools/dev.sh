@@ -49,9 +49,25 @@ ensure_packages() {
   echo "$want" >"$stamp"
 }
 
+# System programs the tools call: ffmpeg for ns-render's videos; for the tests also Chromium, which opens
+# the viewer page. Installed from Debian when missing; without root the tests that need them say so.
+SYSTEM_TOOLS="ffmpeg:ffmpeg"
+TEST_TOOLS="chromium:chromium"
+
+ensure_system_tools() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}" || log "could not install ${missing[*]}; the parts that need them will fail or be skipped"
+  fi
+}
+
 setup() {
   ensure_venv
   ensure_packages
+  ensure_system_tools $SYSTEM_TOOLS
   export PATH="$VENV/bin:$PATH"
 }
 
@@ -64,6 +80,7 @@ case "$task" in
     ;;
   test)
     setup
+    ensure_system_tools $TEST_TOOLS
     cd "$ROOT"
     exec python -m pytest "$@"
     ;;
