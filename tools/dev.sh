@@ -49,10 +49,11 @@ ensure_packages() {
   echo "$want" >"$stamp"
 }
 
-# System programs the tools call: ffmpeg for ns-render's videos; for the tests also Chromium, which opens
-# the viewer page. Installed from Debian when missing; without root the tests that need them say so.
+# System programs the tools call: ffmpeg for ns-render's videos; for the tests also Chromium and its
+# WebDriver, which open the viewer page. Installed from Debian when missing; without root the tests that
+# need them say so.
 SYSTEM_TOOLS="ffmpeg:ffmpeg"
-TEST_TOOLS="chromium:chromium"
+TEST_TOOLS="chromium:chromium chromedriver:chromium-driver"
 
 ensure_system_tools() {
   local missing=() pair
