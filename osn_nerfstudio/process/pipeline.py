@@ -13,7 +13,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -44,6 +44,7 @@ from osn_nerfstudio.process.preview import write_preview
 from osn_nerfstudio.process.sam import download_advice, sam_masks
 from osn_nerfstudio.process.sfm import ObjectBox, SfMConfig, SfMFailure, reconstruct_object, to_object_frame
 from osn_nerfstudio.process.tracks import TrackConfig, Tracks, build_tracks
+from osn_nerfstudio.process.trust import TrustConfig, trust_signals, untrusted_reason
 
 TOOL_NAME = "osn-process-data"
 PREVIEW_FILE = "preview.png"
@@ -82,6 +83,8 @@ class ProcessDataConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     tracks: TrackConfig = field(default_factory=TrackConfig)
     sfm: SfMConfig = field(default_factory=SfMConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    """When a foreground object's registration is untrusted (left out, or kept with a warning)."""
     box_margin: float = 0.1
     """Each object's box is its points' extent grown by this fraction on every side."""
     preview: bool = True
@@ -101,6 +104,8 @@ class ObjectReport:
     """Why the object was left out of the scene, if it was."""
     unregistered: Dict[str, List[int]] = field(default_factory=dict)
     """Reason -> frames (of the written scene) where the object is not registered."""
+    untrusted: Optional[str] = None
+    """Why its registration cannot be trusted (it is left out unless ``--trust.keep-untrusted``)."""
 
 
 @dataclass
@@ -226,7 +231,8 @@ def assemble_scene(
     """The scene's metadata, the kept frames and their labels.
 
     Frames where the background is not registered are dropped (the background must be known in every
-    frame); objects without a registered frame are dropped and their pixels become unknown.
+    frame); objects without a registered frame, or whose registration is untrusted (``process/trust.py``;
+    kept with ``--trust.keep-untrusted``), are dropped and their pixels become unknown.
     """
     kept = results[0].sfm.registered.copy()
     for v in np.flatnonzero(~kept):
@@ -240,13 +246,20 @@ def assemble_scene(
     for k, name in enumerate(names):
         box = results.get(k)
         reason = failures.get(k)
-        part = None
+        part, untrusted = None, None
         if box is not None:
             part = _keypoints(box, len(objects), new_index, kept, camera, config.sfm.weight_error_scale)
             if len(part) == 0:
                 reason = "registered only in frames that were dropped, or no keypoint inside the image"
+            elif k > 0:  # the background is needed in every frame; its unregistered frames are dropped instead
+                visible = (labels == k).any(axis=(1, 2))
+                sfm = box.sfm
+                kept_sfm = replace(sfm, registered=sfm.registered[kept], keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]])
+                untrusted = untrusted_reason(trust_signals(kept_sfm, visible), config.trust)
+                if untrusted is not None and not config.trust.keep_untrusted:
+                    reason = untrusted
         if reason is not None or part is None:
-            report.objects.append(ObjectReport(name, 0, 0, float("nan"), failure=reason))
+            report.objects.append(ObjectReport(name, 0, 0, float("nan"), failure=reason, untrusted=untrusted))
             relabelled[labels == k] = config.ignore_label
             continue
         relabelled[labels == k] = len(objects)
@@ -261,6 +274,7 @@ def assemble_scene(
                 len(part),
                 float(box.sfm.keypoint_error[kept[box.sfm.keypoint_frame]].mean()),
                 unregistered=_frame_failures_by_reason(box.sfm.frame_failures, kept),
+                untrusted=untrusted,
             )
         )
     kept_frames = select_frames(frames, np.flatnonzero(kept))
@@ -409,18 +423,24 @@ def summary_table(report: ProcessReport) -> Table:
             table.add_row(Text(obj.name), "-", "-", "-", Text(f"left out: {obj.failure}", style="red"))
             continue
         notes = "; ".join(f"not in frames {_frames_text(f)}: {reason}" for reason, f in obj.unregistered.items())
+        if obj.untrusted is not None:
+            notes = f"KEPT (--trust.keep-untrusted) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")
         table.add_row(
-            Text(obj.name),
+            Text(obj.name, style="bold red" if obj.untrusted else ""),
             f"{obj.registered_frames}/{scene.num_frames}",
             str(obj.keypoints),
             f"{obj.reprojection_error:.2f}",
-            Text(notes, style="yellow" if notes else ""),
+            Text(notes, style="bold red" if obj.untrusted else "yellow" if notes else ""),
         )
     return table
 
 
 def print_summary(report: ProcessReport) -> None:
     CONSOLE.print(summary_table(report))
+    for obj in report.objects:
+        if obj.untrusted is not None:
+            action = "kept with a warning" if obj.failure is None else "left out; its pixels are unknown in the masks"
+            CONSOLE.print(Text(f"WARNING: object '{obj.name}' ({action}): {obj.untrusted}", style="bold red"))
     for frame, reason in report.dropped_frames.items():
         CONSOLE.print(Text(f"dropped {frame}: the background is not registered there ({reason})", style="yellow"))
     CONSOLE.print(Text(f"masks: {report.mask_source}; intrinsics {report.camera_source}"))
