@@ -4,7 +4,9 @@ against the demo's ground truth (trajectory after similarity alignment, keypoint
     OMP_NUM_THREADS=1 python benchmarks/process_data.py     # the tables in benchmarks/PROCESS_DATA_RESULTS.md
 
 Scenes: the default demo (128x96, 40 frames, background + 3 objects) and the test suite's scene (128x96,
-24 frames, background + box). Intrinsics are given (--focal-length) unless ``--estimate-focal``.
+24 frames, background + box). Intrinsics are given (--focal-length) unless ``--estimate-focal``. Objects
+whose registration the pipeline does not trust are kept (``--trust.keep-untrusted``) so that their errors
+can be shown, and marked in the "untrusted" column (a default run leaves them out).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.evaluation import depth_agreement, trajectory_error
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, ProcessReport, process_video
+from osn_nerfstudio.process.trust import TrustConfig
 from machine import load_average, machine_info
 
 SCENES: Dict[str, DemoSceneConfig] = {
@@ -55,14 +58,14 @@ def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
     return frames, masks
 
 
-def accuracy_rows(scene: Scene, truth: Scene, names: List[str]) -> List[str]:
+def accuracy_rows(scene: Scene, truth: Scene, names: List[str], report: ProcessReport) -> List[str]:
     """Markdown rows: per object, registered frames, keypoints and errors against the ground truth."""
     depth = np.stack([read_depth(truth.path(f.depth)) for f in truth.frames])
     labels = np.stack([truth.load_mask(v) for v in range(truth.num_frames)])
     rows = []
     for name in names:
         if name not in [o.name for o in scene.objects]:
-            rows.append(f"| {name} | left out | | | | |")
+            rows.append(f"| {name} | left out | | | | | |")
             continue
         k, truth_k = [o.name for o in scene.objects].index(name), names.index(name)
         registered = scene.registered[k]
@@ -75,7 +78,8 @@ def accuracy_rows(scene: Scene, truth: Scene, names: List[str]) -> List[str]:
             f"| {name} | {registered.sum()}/{scene.num_frames} | {len(kp)} | "
             f"{error.rotation_deg_mean:.2f} / {error.rotation_deg_max:.2f} | "
             f"{100 * error.translation_relative_mean:.1f} / {100 * error.translation_relative_max:.1f} | "
-            f"{100 * agreement.relative_error_median:.1f} / {100 * agreement.relative_error_p90:.1f} |"
+            f"{100 * agreement.relative_error_median:.1f} / {100 * agreement.relative_error_p90:.1f} | "
+            f"{'yes' if any(o.name == name and o.untrusted for o in report.objects) else 'no'} |"
         )
     return rows
 
@@ -96,6 +100,7 @@ def run(name: str, demo: DemoSceneConfig, config: BenchmarkConfig) -> None:
                 focal_length=None if config.estimate_focal else truth.camera.fx,
                 sampling=FrameSamplingConfig(frame_rate=demo.fps),
                 preview=i == 0,
+                trust=TrustConfig(keep_untrusted=True),
             )
             start = time.perf_counter()
             reports.append(process_video(process))
@@ -109,9 +114,12 @@ def run(name: str, demo: DemoSceneConfig, config: BenchmarkConfig) -> None:
         print("|" + "---|" * len(stages))
         print("| " + " | ".join(f"{best.stage_seconds[s]:.2f}" for s in stages) + " |")
         print("\nSfM per object (s): " + ", ".join(f"{k} {v:.2f}" for k, v in best.sfm_seconds.items()))
-        print("\n| object | registered | keypoints | rotation error mean / max (deg) | translation error mean / max (%) | depth error median / p90 (%) |")
-        print("|---|---|---|---|---|---|")
-        print("\n".join(accuracy_rows(scene, truth, names)))
+        print("\n| object | registered | keypoints | rotation error mean / max (deg) | translation error mean / max (%) | depth error median / p90 (%) | untrusted |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(accuracy_rows(scene, truth, names, best)))
+        for o in best.objects:
+            if o.untrusted:
+                print(f"\nUntrusted: {o.name}: {o.untrusted}")
         failures = [f"{o.name}: {reason} (frames {frames_})" for o in best.objects for reason, frames_ in o.unregistered.items()]
         failures += [f"{o.name}: left out: {o.failure}" for o in best.objects if o.failure]
         if failures:
