@@ -3,7 +3,8 @@
 nerfstudio writes ``step-N.ckpt`` in place and resumes from the highest step in ``--load-dir``: a run killed
 while writing leaves a truncated newest checkpoint, and resuming then fails. Here a checkpoint is written
 beside the folder and moved into it in one rename, and resuming skips (and names) any checkpoint that cannot
-be read, falling back to the newest one that can.
+be read, falling back to the newest one that can. A resumed run stops at ``max_num_iterations`` in total, where
+an uninterrupted run stops (nerfstudio would train that many steps more).
 
 The OSN model's own training state (phase and round follow from the step; scale network weights, its Adam
 state, the render and training configurations are in the model's state dict) travels in the checkpoint,
@@ -50,7 +51,7 @@ def newest_readable_checkpoint(directory: Path) -> int:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated file raises whatever the unpickler meets
-            CONSOLE.print(f"[yellow]Skipping unreadable checkpoint {path} ({type(error).__name__}: {error}).")
+            CONSOLE.print(f"[yellow]Skipping unreadable checkpoint {path.name} in {path.parent} ({type(error).__name__}: {error}).")
             continue
         return int(checkpoint_step(path))
     raise FileNotFoundError(f"No readable step-N.ckpt checkpoint in {directory}; start without --load-dir.")
@@ -63,6 +64,20 @@ class OSNTrainer(Trainer):
         if self.config.load_dir is not None and self.config.load_step is None:
             self.config.load_step = newest_readable_checkpoint(self.config.load_dir)
         super()._load_checkpoint()
+        if self.config.load_dir is not None:
+            CONSOLE.print(f"Resuming at step {self._start_step} (checkpoint step-{self.config.load_step:09d}.ckpt)")
+
+    def train(self) -> None:
+        """Train up to ``max_num_iterations`` steps in total: nerfstudio would run that many more after a resume."""
+        total = self.config.max_num_iterations
+        if self._start_step >= total:
+            CONSOLE.print(f"The run already reached step {self._start_step - 1} of {total}; nothing left to train.")
+            return
+        self.config.max_num_iterations = total - self._start_step
+        try:
+            super().train()
+        finally:
+            self.config.max_num_iterations = total
 
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint, written to a temporary file next to the folder and renamed into it."""

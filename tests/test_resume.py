@@ -72,8 +72,8 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tiny_scene: Path,
     )
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-4000:]
-    assert f"Skipping unreadable checkpoint {torn}" in " ".join(log.split())
-    assert f"step-{killed_at:09d}.ckpt" in log
+    assert f"Skipping unreadable checkpoint {torn.name}" in " ".join(log.split())
+    assert f"Resuming at step {killed_at + 1} (checkpoint step-{killed_at:09d}.ckpt)" in " ".join(log.split())
     # the schedule continues: no bootstrap refit again, every later round refit happens once
     expected = [s for s in range(TINY_BOOTSTRAP - 1, TINY_STEPS, TINY_ROUND) if s > killed_at]
     assert refit_steps(log) == expected
@@ -101,3 +101,19 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path: Path):
     (tmp_path / "step-000000005.ckpt").write_bytes(b"broken")
     with pytest.raises(FileNotFoundError, match="No readable step-N.ckpt"):
         newest_readable_checkpoint(tmp_path)
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_scene: Path, tiny_run: Path, tmp_path: Path):
+    import shutil
+
+    output_dir = tmp_path / "outputs"
+    run = output_dir / "tiny" / "osn" / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.read_bytes() for p in (run / "nerfstudio_models").iterdir()}
+    result = subprocess.run(
+        tiny_train_args(tiny_scene, output_dir) + ["--load-dir", str(run / "nerfstudio_models"), "--timestamp", run.name],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "nothing left to train" in " ".join(result.stdout.split())
+    assert {p.name: p.read_bytes() for p in (run / "nerfstudio_models").iterdir()} == before
