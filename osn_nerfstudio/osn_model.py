@@ -181,19 +181,25 @@ class OSNModel(Model):
         return torch.full((num_rays,), self.config.render_frame, device=ray_bundle.origins.device)
 
     def sample_objects(
-        self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], active: Optional[Bool[Tensor, "R K"]] = None
+        self,
+        ray_bundle: RayBundle,
+        scales: Float[Tensor, "R K"],
+        active: Optional[Bool[Tensor, "R K"]] = None,
+        clip_near: bool = True,
     ) -> ObjectSamples:
         """Samples of every object inside its box along every ray, with the fields evaluated there.
 
         Only (ray, object) pairs where the ray meets the object's box (and ``active`` allows) are evaluated;
-        the others get zero density.
+        the others get zero density. With ``clip_near`` nothing is sampled closer to the camera than the
+        scene's near bound at ``scales``; renders of objects alone in their own units (the bootstrap, the
+        validity cache) must not clip, since their own units say nothing about the scene's near bound.
         """
         num_rays, K = ray_bundle.origins.shape[0], self.num_objects
         poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
         origins, directions = rays_in_objects(ray_bundle.origins, ray_bundle.directions, poses[:, 0], poses, scales)
         nears, fars, hit = intersect_aabb(origins, directions, self.bbox_min.expand_as(origins), self.bbox_max.expand_as(origins))
-        # nothing sits closer to the camera than the scene's near bound, whatever its scale
-        nears = torch.maximum(nears, self.depth_bounds[0] / scales)
+        if clip_near:  # nothing sits closer to the camera than the scene's near bound, whatever its scale
+            nears = torch.maximum(nears, self.depth_bounds[0] / scales)
         hit = hit & present & (fars > nears)
         if active is not None:
             hit = hit & active
@@ -263,21 +269,22 @@ class OSNModel(Model):
             return self.train_scales[torch.arange(num_rays, device=device) % groups]
         return self.render_scales.expand(num_rays, -1)
 
-    def get_outputs(self, ray_bundle: RayBundle, active: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def get_outputs(self, ray_bundle: RayBundle, active: Optional[Tensor] = None, clip_near: bool = True) -> Dict[str, Tensor]:
         num_rays = ray_bundle.origins.shape[0]
         scales = self.scales_per_ray(num_rays, ray_bundle.origins.device)
-        samples = self.sample_objects(ray_bundle, scales, active)
+        samples = self.sample_objects(ray_bundle, scales, active, clip_near)
         mixed = composite(samples, scales, self.background)
         alone = render_alone(samples)
         return self.collect_outputs(ray_bundle, scales, mixed, alone)
 
     def get_training_outputs(self, ray_bundle: RayBundle, batch: Dict) -> Dict[str, Tensor]:
-        """Training forward pass: during the bootstrap only each ray's labelled object is rendered."""
-        active = None
-        if self.phase(self.step) == "bootstrap":
-            labels = batch["object_id"][:, 0].to(ray_bundle.origins.device).long()
-            active = F.one_hot(labels.clamp_min(0), self.num_objects).bool() & (labels >= 0)[:, None]
-        return self.get_outputs(ray_bundle, active)
+        """Training forward pass: during the bootstrap only each ray's labelled object is rendered, alone in its
+        own units."""
+        if self.phase(self.step) != "bootstrap":
+            return self.get_outputs(ray_bundle)
+        labels = batch["object_id"][:, 0].to(ray_bundle.origins.device).long()
+        active = F.one_hot(labels.clamp_min(0), self.num_objects).bool() & (labels >= 0)[:, None]
+        return self.get_outputs(ray_bundle, active, clip_near=False)
 
     def collect_outputs(
         self, ray_bundle: RayBundle, scales: Tensor, mixed: CompositeOutputs, alone: AloneOutputs
@@ -377,7 +384,7 @@ class OSNModel(Model):
         ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
         for start in range(0, len(ray_bundle), chunk):
             rays = ray_bundle[start : start + chunk].to(self.bbox_min.device)
-            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1)))
+            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False))
             depths.append(alone.depth)
             accs.append(alone.accumulation)
         return SupervisionCache(

@@ -127,6 +127,30 @@ def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
     assert float(from_cache.min()) < 0.99, "some random configuration should reverse an occlusion"
 
 
+def test_renders_in_own_units_ignore_the_scene_near_bound(setup):
+    """The validity cache and the bootstrap render objects alone in their own units: the scene's near bound
+    (background units) must not clip them, or objects with small own units vanish from both."""
+    model, outputs = setup
+    rays = frame_rays(outputs, 0)
+    labels = torch.zeros(len(rays), dtype=torch.long)
+    batch = {"object_id": torch.ones(len(rays), 1, dtype=torch.long)}
+    near = model.depth_bounds[0].clone()
+    model.step = 0  # bootstrap
+    try:
+        results = []
+        for bound in (near, 100.0 * model.depth_bounds[1]):
+            model.depth_bounds[0] = bound
+            with torch.no_grad():
+                bootstrap = model.get_training_outputs(rays, batch)["alone_accumulation"]
+            results.append((model.supervision_cache(rays, labels, torch.ones(len(rays))), bootstrap))
+    finally:
+        model.depth_bounds[0] = near
+    (cache, bootstrap), (far_cache, far_bootstrap) = results
+    assert float(cache.acc[:, 1:].max()) > 0.99, "the frame should show a foreground object"
+    assert torch.equal(cache.acc, far_cache.acc) and torch.equal(cache.depth, far_cache.depth)
+    assert torch.equal(bootstrap, far_bootstrap)
+
+
 def test_camera_without_frame_index_uses_its_time(setup):
     model, outputs = setup
     rays = frame_rays(outputs, 4)
