@@ -26,8 +26,18 @@ def command(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def tiny_train_args(scene: Path, output_dir: Path, steps: int = TINY_STEPS, steps_per_save: int = TINY_STEPS) -> List[str]:
-    """osn-train arguments of the tiny run (CPU preset, small batches, short phases)."""
+def tiny_train_args(
+    scene: Path,
+    output_dir: Path,
+    steps: int = TINY_STEPS,
+    steps_per_save: int = TINY_STEPS,
+    bootstrap: int = TINY_BOOTSTRAP,
+    steps_per_round: int = TINY_ROUND,
+    validity_candidates: int = 2048,
+    rays_per_batch: int = 256,
+    keypoint_rays: int = 64,
+) -> List[str]:
+    """osn-train arguments of a tiny run (CPU preset, small batches, short phases)."""
     return [
         command("osn-train"),
         str(REPO / "configs" / "demo-cpu.yaml"),
@@ -36,11 +46,11 @@ def tiny_train_args(scene: Path, output_dir: Path, steps: int = TINY_STEPS, step
         "--experiment-name", "tiny",
         "--max-num-iterations", str(steps),
         "--steps-per-save", str(steps_per_save),
-        "--pipeline.model.bootstrap-steps", str(TINY_BOOTSTRAP),
-        "--pipeline.model.steps-per-round", str(TINY_ROUND),
-        "--pipeline.model.validity-candidates", "2048",
-        "--pipeline.datamanager.train-num-rays-per-batch", "256",
-        "--pipeline.datamanager.num-keypoint-rays", "64",
+        "--pipeline.model.bootstrap-steps", str(bootstrap),
+        "--pipeline.model.steps-per-round", str(steps_per_round),
+        "--pipeline.model.validity-candidates", str(validity_candidates),
+        "--pipeline.datamanager.train-num-rays-per-batch", str(rays_per_batch),
+        "--pipeline.datamanager.num-keypoint-rays", str(keypoint_rays),
     ]
 
 

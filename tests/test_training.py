@@ -5,47 +5,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+from conftest import command, latest_run, tiny_train_args
 
-REPO = Path(__file__).resolve().parents[1]
-SCENE = DemoSceneConfig(seed=1, width=48, height=36, num_frames=10, num_objects=2, test_view_every=3)
 STEPS, BOOTSTRAP, ROUND = 600, 300, 150
 MIN_TRAIN_PSNR = 20.0
 
 
-def command(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("training")
-    scene = work / "scene"
-    make_demo_scene(scene, SCENE)
-    args = [
-        command("osn-train"),
-        str(REPO / "configs" / "demo-cpu.yaml"),
-        "--data", str(scene),
-        "--output-dir", str(work / "outputs"),
-        "--experiment-name", "tiny",
-        "--max-num-iterations", str(STEPS),
-        "--steps-per-save", str(STEPS),
-        "--pipeline.model.bootstrap-steps", str(BOOTSTRAP),
-        "--pipeline.model.steps-per-round", str(ROUND),
-        "--pipeline.model.validity-candidates", "4096",
-        "--pipeline.datamanager.train-num-rays-per-batch", "512",
-        "--pipeline.datamanager.num-keypoint-rays", "128",
-    ]
+def trained_run(tiny_scene: Path, tmp_path_factory) -> Path:
+    """The tiny scene trained longer than the shared tiny run, with larger batches."""
+    output_dir = tmp_path_factory.mktemp("training")
+    args = tiny_train_args(
+        tiny_scene, output_dir, steps=STEPS, steps_per_save=STEPS, bootstrap=BOOTSTRAP, steps_per_round=ROUND,
+        validity_candidates=4096, rays_per_batch=512, keypoint_rays=128,
+    )
     result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-4000:]
-    runs = sorted((work / "outputs" / "tiny" / "osn").iterdir())
-    return runs[-1]
+    return latest_run(output_dir)
 
 
 def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trained_run: Path, tmp_path: Path):
