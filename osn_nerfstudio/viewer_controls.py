@@ -26,7 +26,14 @@ from torch import Tensor
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerElement, ViewerSlider, ViewerText
 
-from osn_nerfstudio.core.validity import SupervisionCache, ValidityPlan, plan_validity, score_plan, validity_labels
+from osn_nerfstudio.core.validity import (
+    SupervisionCache,
+    ValidityPlan,
+    plan_validity,
+    score_plan,
+    validity_cut,
+    validity_labels,
+)
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
@@ -120,7 +127,7 @@ def validity_reference(model, cache: SupervisionCache, generator: torch.Generato
     scores = score_plan(plan, model.scale_network.ranges.denormalise(u.to(model.scale_range)).cpu().double())
     config = model.config
     valid = validity_labels(scores, config.validity_threshold, config.min_valid_fraction, config.validity_tolerance)
-    threshold = min(config.validity_threshold, float(scores.max()) - config.validity_tolerance)
+    threshold = validity_cut(scores, config.validity_threshold, config.validity_tolerance)
     # below the threshold only when too few candidates reach it and the best fraction counts instead
     return ValidityReference(plan, min(threshold, float(scores[valid].min())), round_of(model))
 

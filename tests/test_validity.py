@@ -9,6 +9,7 @@ from osn_nerfstudio.core.validity import (
     score_plan,
     soft_zbuffer,
     validity,
+    validity_cut,
     validity_labels,
     zbuffer_winner,
 )
@@ -190,3 +191,10 @@ def test_validity_labels_threshold_and_top_fraction():
     # within the tolerance of the best score counts as valid even below the threshold
     assert validity_labels(scores, 0.99, 0.0, tolerance=0.1).tolist() == [True, False, True, False]
     assert validity_labels(scores, 0.99, 0.0, tolerance=0.01).tolist() == [False, False, True, False]
+
+
+def test_validity_cut_is_the_threshold_or_the_best_score_minus_the_tolerance():
+    scores = torch.tensor([0.90, 0.99, 0.95])
+    assert validity_cut(scores, 1.0, 0.01) == pytest.approx(0.98)
+    assert validity_cut(scores, 0.95, 0.01) == pytest.approx(0.95)
+    assert validity_cut(scores, 0.97, None) == pytest.approx(0.97)

@@ -243,6 +243,14 @@ def validity(
     return score_plan(plan_validity(cache, min_accumulation), scales, chunk_elements)
 
 
+def validity_cut(scores: Float[Tensor, "C"], threshold: float, tolerance: Optional[float] = None) -> float:
+    """Lowest score counted valid before the ``min_fraction`` fallback of :func:`validity_labels`: the threshold,
+    or the best score minus ``tolerance`` when that is lower."""
+    if tolerance is None or scores.numel() == 0:
+        return threshold
+    return min(threshold, float(scores.max()) - tolerance)
+
+
 def validity_labels(
     scores: Float[Tensor, "C"], threshold: float, min_fraction: float, tolerance: Optional[float] = None
 ) -> Bool[Tensor, "C"]:
@@ -252,9 +260,7 @@ def validity_labels(
     some positives."""
     if scores.numel() == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    if tolerance is not None:
-        threshold = min(threshold, float(scores.max()) - tolerance)
-    valid = scores >= threshold
+    valid = scores >= validity_cut(scores, threshold, tolerance)
     num_required = min(math.ceil(min_fraction * scores.shape[0]), scores.shape[0])
     if int(valid.sum()) >= num_required:
         return valid
