@@ -8,7 +8,7 @@ import pytest
 import torch
 from nerfstudio.utils.external import TCNN_EXISTS
 
-from osn_nerfstudio.fields.object_fields import DenseGridEncoding, ObjectFields, ObjectFieldsConfig
+from osn_nerfstudio.fields.object_fields import MAX_LOG_DENSITY, DenseGridEncoding, ObjectFields, ObjectFieldsConfig
 
 BACKBONES = ["grid", "hash", "kplanes"]
 NUM_OBJECTS = 3
@@ -151,3 +151,15 @@ def test_grid_field_fits_a_simple_target() -> None:
     with torch.no_grad():
         final_loss = loss_at(test_points).item()
     assert final_loss < initial_loss / 10, (initial_loss, final_loss)
+
+
+def test_a_field_past_the_density_cap_still_gets_gradients() -> None:
+    """The log-density cap keeps densities finite without cutting the gradient, so a field pushed past it can
+    come back (with a plain clamp it stays opaque everywhere)."""
+    fields = ObjectFields(1, ObjectFieldsConfig(implementation="torch", density_bias=MAX_LOG_DENSITY + 50.0))
+    points, _ = random_inputs(num_objects=1)
+    density = fields.object_density(0, points[0])
+    assert torch.allclose(density, torch.full_like(density, math.exp(MAX_LOG_DENSITY)), rtol=1e-5)
+    density.sum().backward()
+    head = fields.density_heads[0]
+    assert any(float(p.grad.abs().max()) > 0 for p in head.parameters() if p.grad is not None)

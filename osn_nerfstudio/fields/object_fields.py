@@ -292,8 +292,11 @@ class ObjectFields(nn.Module):
 
     def activate_density(self, raw: Tensor) -> Tensor:
         """Non-negative, finite density from the density MLP's first output."""
-        # exp overflows to inf past ~88, and inf density on a zero-length interval gives NaN opacity
-        return trunc_exp((raw + self.config.density_bias).clamp(max=MAX_LOG_DENSITY))
+        # exp overflows to inf past ~88, and inf density on a zero-length interval gives NaN opacity. The cap
+        # passes gradients straight through: with a plain clamp a field pushed past it (by a burst of large
+        # gradients) gets none back and stays opaque everywhere for good
+        log_density = raw + self.config.density_bias
+        return trunc_exp(log_density + (log_density.clamp(max=MAX_LOG_DENSITY) - log_density).detach())
 
     def density(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M"]:
         """Density alone (no colour MLP), for coarse sampling passes."""
