@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from osn_nerfstudio.core.compositing import ObjectSamples, composite, render_alone, sample_alphas
+from osn_nerfstudio.core.compositing import ObjectSamples, composite, render_alone, sample_alphas, weights_along_rays
 
 DTYPE = torch.float64
 RED, GREEN, BLUE = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
@@ -232,3 +232,14 @@ def test_gradients_are_finite_and_reach_density_colour_and_scales():
     (out.rgb.sum() + out.depth.sum()).backward()
     for grad in (s.density.grad, s.rgb.grad, scales.grad):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_weights_behind_an_opaque_sample_vanish_in_float32():
+    # a trained field: an opaque sample (σδ = 15) followed by far denser ones, as on a real 4800-step run
+    thickness = torch.tensor([[1e-5, 15.0, 8.4e8, 6.8e9, 1e10]], requires_grad=True)
+    weights = weights_along_rays(thickness)
+    assert float(weights.sum()) <= 1.0 + 1e-6
+    assert float(weights[0, 2:].sum()) < 1e-6
+    # the accumulation 1 - exp(-Σσδ) is flat here: the opaque sample must get (almost) no gradient
+    (gradient,) = torch.autograd.grad(weights.sum(), thickness)
+    assert float(gradient.abs().max()) < 1e-5
