@@ -119,3 +119,21 @@ def test_groups_follow_what_the_scene_and_settings_provide(pipeline):
         model.config.eval_num_configurations = 1
     assert math.isfinite(results["psnr"]) and math.isfinite(results["pq"])
     assert not any(k.startswith(("gt/", "best_of_n/", "mean_of_n/", "scales/gt/", "scales/sample_")) for k in results)
+
+
+def test_run_summary_shows_one_row_per_metric_and_one_column_per_configuration():
+    from rich.console import Console
+
+    from osn_nerfstudio.scripts.summarise_run import metrics_table
+
+    results = {"psnr": 25.5, "psnr_std": 1.0, "gt/psnr": 30.25, "miou": 0.93, "gt/miou": 0.98, "best_of_n/psnr": 21.0,
+               "best_of_n/index": 2.0, "num_rays_per_sec": 1e5, "lpips_note": "LPIPS skipped"}
+    console = Console(width=200, record=True)
+    console.print(metrics_table(results, "t"))
+    lines = [line.replace("┃", "│").split("│")[1:-1] for line in console.export_text().splitlines()]
+    lines = [row for row in lines if len(row) > 2]
+    cells = {row[0].strip(): [c.strip() for c in row[1:]] for row in lines}
+    assert cells["metric"] == ["render", "truth", "best of N"]
+    assert cells["psnr"] == ["25.5000", "30.2500", "21.0000"]
+    assert cells["miou"] == ["0.9300", "0.9800", "-"]
+    assert set(cells) == {"metric", "psnr", "miou"}

@@ -16,14 +16,30 @@ from rich.table import Table
 CONSOLE = Console()
 
 
+METRICS = ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_rmse", "miou", "pq")
+"""ns-eval metrics shown, one row each (eval.json has every key, standard deviations and timings too)."""
+
+CONFIGURATIONS = (("render", ""), ("truth", "gt/"), ("best of N", "best_of_n/"), ("mean of N", "mean_of_n/"))
+"""Columns: the configurations ns-eval scores, with the prefix of their keys."""
+
+
+def metrics_table(results: dict, title: str) -> Table:
+    """One row per metric, one column per configuration that ns-eval scored ("-" where a metric is missing)."""
+    columns = [(name, prefix) for name, prefix in CONFIGURATIONS if any(f"{prefix}{m}" in results for m in METRICS)]
+    table = Table(title=title)
+    table.add_column("metric")
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for metric in METRICS:
+        values = [results.get(f"{prefix}{metric}") for _, prefix in columns]
+        if any(isinstance(v, (int, float)) for v in values):
+            table.add_row(metric, *(f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in values))
+    return table
+
+
 def summarise(run: Path) -> None:
     evaluation = json.loads((run / "eval.json").read_text())
-    metrics = Table(title=f"Novel-view test cameras ({run})")
-    metrics.add_column("metric")
-    metrics.add_column("value", justify="right")
-    for name, value in evaluation["results"].items():
-        metrics.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    CONSOLE.print(metrics)
+    CONSOLE.print(metrics_table(evaluation["results"], f"Novel-view test cameras (all metrics: {run / 'eval.json'})"))
 
     report = json.loads((run / "configurations.json").read_text())
     configurations = report["configurations"]
