@@ -1,6 +1,6 @@
 """Check a trained demo-scene run against the method's quality bars; print a markdown report.
 
-    python benchmarks/demo_quality.py RUN_DIR [--samples 1000] [--draws 5]
+    python benchmarks/demo_quality.py RUN_DIR [--samples 1000] [--draws 5] [--common-scale-factors 1.03 1.06 1.1]
 
 RUN_DIR is outputs/<experiment>/osn/<timestamp>. The scene must be a demo scene (its provenance gives the
 generator settings, from which the true occlusions and every object's true depth are recomputed).
@@ -8,7 +8,10 @@ generator settings, from which the true occlusions and every object's true depth
 Besides the run's own numbers, the report scores the same candidates against the scene's *exact* valid
 set: validity computed from the generator's true per-object depth on every pixel of the video. That set
 is what a perfect method would learn; the closest-of-100 distance it leaves says how far the bar on
-"the configuration closest to the truth among 100 sampled valid ones" depends on the scene itself.
+"the configuration closest to the truth among 100 sampled valid ones" depends on the scene itself. The
+test cameras are rendered at the closest of 100 configurations both sampled by the scale network and drawn from
+the exact valid set, and at the truth with every foreground object scaled by a common factor: what a given
+distance from the truth costs on this scene, whatever the method.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from osn_nerfstudio.core.validity import SupervisionCache, plan_validity, score_plan, validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, build_demo_world, occlusion_counts, render_view
@@ -79,6 +82,10 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=5, help="draws of 100 configurations evaluated on the test cameras")
+    parser.add_argument(
+        "--common-scale-factors", type=float, nargs="*", default=[1.03, 1.06, 1.1],
+        help="factors applied to every foreground object's true scale, each evaluated on the test cameras",
+    )
     args = parser.parse_args()
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -134,24 +141,46 @@ def main() -> None:
           f"{np.median(learned_gaps):.3f} ({min(learned_gaps):.3f}..{max(learned_gaps):.3f}); exact valid set "
           f"{np.median(exact_gaps):.3f} ({min(exact_gaps):.3f}..{max(exact_gaps):.3f})")
 
-    # test cameras at the configuration closest to the truth among 100 sampled, for several draws of 100
-    rows = []
+    # test cameras at the configuration closest to the truth among 100 sampled, for several draws of 100, from
+    # the scale network and (what a perfect method would sample) from the exact valid set
     model.config.eval_num_configurations = 0  # only the chosen configuration (and the truth) per evaluation
-    for draw in range(min(args.draws, len(scales) // 100)):
-        group = scales[100 * draw : 100 * (draw + 1)]
-        closest = group[(group.log() - truth.log()).abs().amax(-1).argmin()]
-        model.render_scales.copy_(closest.to(model.render_scales.device))
-        metrics = pipeline.get_average_eval_image_metrics(step=step)
-        rows.append((learned_gaps[draw], metrics))
-    keys = [k for k in ("psnr", "ssim", "depth_abs_rel", "depth_rmse", "miou") if k in rows[0][1]]
-    print(f"\nTest cameras at the sampled configuration closest to the truth, {len(rows)} draws of 100:\n")
-    print("| draw | log gap | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
-    for draw, (gap, metrics) in enumerate(rows):
-        print(f"| {draw} | {gap:.3f} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
-    print("| median | | " + " | ".join(f"{np.median([m[k] for _, m in rows]):.4f}" for k in keys) + " |")
-    if "gt/psnr" in rows[0][1]:
-        print("| truth | 0 | " + " | ".join(f"{rows[0][1]['gt/' + k]:.4f}" for k in keys) + " |")
+    learned_rows = closest_of_draws(pipeline, step, scales, truth, args.draws)
+    exact_rows = closest_of_draws(pipeline, step, exact_valid, truth, args.draws)  # i.i.d. already
+    keys = [k for k in ("psnr", "ssim", "depth_abs_rel", "depth_rmse", "miou") if k in learned_rows[0][1]]
+    for title, rows in (("sampled by the scale network", learned_rows), ("drawn from the exact valid set", exact_rows)):
+        print(f"\nTest cameras at the configuration closest to the truth among 100 {title}, {len(rows)} draws:\n")
+        print("| draw | log gap | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+        for draw, (gap, metrics) in enumerate(rows):
+            print(f"| {draw} | {gap:.3f} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+        print("| median | | " + " | ".join(f"{np.median([m[k] for _, m in rows]):.4f}" for k in keys) + " |")
+        if "gt/psnr" in rows[0][1]:
+            print("| truth | 0 | " + " | ".join(f"{rows[0][1]['gt/' + k]:.4f}" for k in keys) + " |")
+    if args.common_scale_factors:
+        print("\nTest cameras at the truth with every foreground object's scale multiplied by a common factor:\n")
+        print("| factor | log gap | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+        for factor in args.common_scale_factors:
+            scaled = truth.clone()
+            scaled[1:] *= factor
+            metrics = evaluate_at(pipeline, step, scaled)
+            print(f"| {factor:g} | {abs(np.log(factor)):.3f} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
     print(f"\nscale ranges: { {n: [round(v, 3) for v in model.scale_range[k].tolist()] for k, n in enumerate(names)} }")
+
+
+def evaluate_at(pipeline, step: int, scales: torch.Tensor) -> dict:
+    """ns-eval's metrics of the test cameras at ``scales`` (and at the truth, as ``gt/...``), its console output kept quiet."""
+    pipeline.model.render_scales.copy_(scales.to(pipeline.model.render_scales.device))
+    with CONSOLE.capture():
+        return pipeline.get_average_eval_image_metrics(step=step)
+
+
+def closest_of_draws(pipeline, step: int, scales: torch.Tensor, truth: torch.Tensor, draws: int) -> list[tuple[float, dict]]:
+    """(log gap, test-camera metrics) of the configuration closest to the truth in each of the first groups of 100."""
+    rows = []
+    for draw in range(min(draws, len(scales) // 100)):
+        group = scales[100 * draw : 100 * (draw + 1)]
+        gaps = (group.log() - truth.log()).abs().amax(-1)
+        rows.append((float(gaps.min()), evaluate_at(pipeline, step, group[gaps.argmin()])))
+    return rows
 
 
 if __name__ == "__main__":
