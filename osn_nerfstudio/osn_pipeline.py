@@ -14,6 +14,7 @@ import torch
 import torchvision.utils as vutils
 from PIL import Image
 
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -38,6 +39,17 @@ class OSNPipeline(VanillaPipeline):
 
         # scale sliders, sampling and validity read-outs in ns-viewer and in ns-train's viewer (docs/viewer.md)
         self.viewer_controls = attach_viewer_controls(self)
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        """nerfstudio's callbacks (the model's refits among them), then one that moves the viewer's sliders to the
+        render configuration a refit chose."""
+
+        def follow_refit(step: int) -> None:
+            if self.model.is_refit_step(step):
+                self.viewer_controls.follow_render_scales()
+
+        follow = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], follow_refit, update_every_num_iters=1)
+        return [*super().get_training_callbacks(training_callback_attributes), follow]
 
     def get_train_loss_dict(self, step: int):
         ray_bundle, batch = self.datamanager.next_train(step)

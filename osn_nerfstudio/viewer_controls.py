@@ -8,7 +8,7 @@ of every ``ViewerControl`` it meets the same way. :func:`attach_viewer_controls`
 pipeline under names that sort in display order.
 
 The render configuration is the model's ``render_scales`` buffer (every non-training render uses it); the sliders
-write it and are moved to it. Exact validity needs every object rendered alone on the supervision rays: that cache is
+write it and are moved to it, also when a refit during training picks a new one. Exact validity needs every object rendered alone on the supervision rays: that cache is
 built on first use and rebuilt only after training has moved on by a round (``steps_per_round`` steps).
 """
 
@@ -273,6 +273,13 @@ class OSNViewerControls(ViewerControl):
             for slider, value in zip(self.scale_sliders, values):
                 slider.value = value
             self.update_readouts()
+
+    def follow_render_scales(self) -> None:
+        """Move the sliders and read-outs to the model's render configuration, after a refit chose a new one during
+        training; nothing when no viewer runs (the read-outs would render the supervision cache for nobody)."""
+        if getattr(self, "viewer", None) is None:
+            return
+        self.show_configuration(self.model.render_scales.detach().clone())
 
     # ---------------------------------------------------------------- read-outs
 

@@ -173,3 +173,25 @@ def test_setup_shows_the_configuration_and_places_new_views(pipeline):
     controls._setup(SimpleNamespace(viser_server=SimpleNamespace(on_client_connect=connected.append)))
     assert connected == [controls.look_from_first_frame]
     assert [slider.value for slider in controls.scale_sliders] == pytest.approx(pipeline.model.render_scales[1:].tolist())
+
+
+def test_sliders_follow_the_render_configuration_a_refit_chooses(pipeline):
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
+
+    controls, model = pipeline.viewer_controls, pipeline.model
+    follow = pipeline.get_training_callbacks(TrainingCallbackAttributes(None, None, pipeline, None))[-1]
+    refit_step = model.config.bootstrap_steps - 1
+    assert model.is_refit_step(refit_step) and not model.is_refit_step(refit_step + 1)
+    controls._setup(SimpleNamespace(viser_server=SimpleNamespace(on_client_connect=lambda _: None)))
+    shown = [slider.value for slider in controls.scale_sliders]
+    chosen = model.scale_network.sample(1, generator=torch.Generator().manual_seed(5)).scales[0]
+    model.render_scales.copy_(chosen)  # what a refit does
+    follow.run_callback(refit_step + 1)
+    assert [slider.value for slider in controls.scale_sliders] == pytest.approx(shown), "only after refits"
+    follow.run_callback(refit_step)
+    assert [slider.value for slider in controls.scale_sliders] == pytest.approx(chosen[1:].tolist())
+    # without a viewer nothing is shown (and no supervision cache rendered)
+    del controls.viewer
+    model.render_scales.copy_(model.scale_network.sample(1, generator=torch.Generator().manual_seed(6)).scales[0])
+    follow.run_callback(refit_step)
+    assert [slider.value for slider in controls.scale_sliders] == pytest.approx(chosen[1:].tolist())
