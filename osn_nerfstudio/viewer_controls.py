@@ -8,8 +8,9 @@ of every ``ViewerControl`` it meets the same way. :func:`attach_viewer_controls`
 pipeline under names that sort in display order.
 
 The render configuration is the model's ``render_scales`` buffer (every non-training render uses it); the sliders
-write it and are moved to it, also when a refit during training picks a new one. Exact validity needs every object rendered alone on the supervision rays: that cache is
-built on first use and rebuilt only after training has moved on by a round (``steps_per_round`` steps).
+write it and are moved to it, also when a refit during training picks a new one. Exact validity needs every object
+rendered alone on the supervision rays: that cache is built on first use and rebuilt only after training has moved
+on by a round (``steps_per_round`` steps).
 """
 
 from __future__ import annotations
