@@ -80,7 +80,8 @@ def test_lpips_is_skipped_with_a_note_when_weights_are_missing(tmp_path, monkeyp
     def no_download(*args, **kwargs):
         raise AssertionError("LPIPS must never download its weights")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    # the downloader itself: torchvision binds load_state_dict_from_url at import, download_url_to_file is looked up
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     load_lpips.cache_clear()
     try:
@@ -173,3 +174,38 @@ def test_panoptic_quality_on_covisible_pixels():
     first_two_rows[:2] = True
     # object 0: |P|=5, |T|=4, IoU 4/5; object 1: |P|=3, |T|=4, IoU 3/4; object 2 is not in the scored pixels
     assert panoptic_quality(PREDICTION, TARGET, 4, first_two_rows) == pytest.approx((0.8 + 0.75) / 2)
+
+
+def test_lpips_with_torchmetrics_network_when_weights_are_on_disk(tmp_path, monkeypatch):
+    """The real computing path: torchmetrics' LPIPS loads AlexNet from the hub cache (never the network). The weights
+    here are a randomly initialised AlexNet (no ImageNet weights can be downloaded on the test machines), so the
+    values are not LPIPS's, but everything from loading to the masked score runs as it does with the real file."""
+    import torchvision
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("LPIPS must never download its weights")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    path = metrics.lpips_weights_path("alex")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    load_lpips.cache_clear()
+    try:
+        network, note = load_lpips()
+    finally:
+        load_lpips.cache_clear()
+    assert network is not None and str(path) in note
+    generator = torch.Generator().manual_seed(1)
+    target = torch.rand(32, 40, 3, generator=generator)
+    noisy = (target + 0.3 * torch.randn(32, 40, 3, generator=generator)).clamp(0, 1)
+    assert lpips(target, target, network) == pytest.approx(0.0, abs=1e-6)
+    different = lpips(noisy, target, network)
+    assert different > 0
+    # unscored pixels are blacked out in both images: differences there do not count
+    left = torch.zeros(32, 40, dtype=torch.bool)
+    left[:, :20] = True
+    only_right_differs = torch.where(left[..., None], target, noisy)
+    assert lpips(only_right_differs, target, network, left) == pytest.approx(0.0, abs=1e-6)
+    assert lpips(only_right_differs, target, network, ~left) > 0
