@@ -60,10 +60,14 @@ def exact_cache(scene) -> SupervisionCache:
     )
 
 
-def closest_of(scales: torch.Tensor, truth: torch.Tensor, group: int = 100) -> list[float]:
-    """Largest log-scale gap to the truth of the closest configuration in each consecutive group of ``group``."""
+def closest_in_groups(scales: torch.Tensor, truth: torch.Tensor, group: int = 100) -> list[tuple[float, torch.Tensor]]:
+    """(largest log-scale gap to the truth, configuration) of the closest configuration in each consecutive group."""
     gap = (scales.log() - truth.log()).abs().amax(-1)
-    return [float(gap[i : i + group].min()) for i in range(0, len(gap) - group + 1, group)]
+    closest = []
+    for start in range(0, len(gap) - group + 1, group):
+        index = start + int(gap[start : start + group].argmin())
+        closest.append((float(gap[index]), scales[index]))
+    return closest
 
 
 def reversed_configuration(cache, truth: torch.Tensor, i: int, j: int) -> torch.Tensor | None:
@@ -130,7 +134,8 @@ def main() -> None:
     exact_plan = plan_validity(exact_cache(scene), 0.5)
     candidates = model.scale_network.ranges.denormalise(torch.rand(200_000, len(names) - 1, generator=generator)).double()
     exact_valid = candidates[score_plan(exact_plan, candidates) >= 1.0 - 1e-9].float()
-    learned_gaps, exact_gaps = closest_of(scales, truth), closest_of(exact_valid, truth)
+    learned_closest, exact_closest = closest_in_groups(scales, truth), closest_in_groups(exact_valid, truth)
+    learned_gaps, exact_gaps = [gap for gap, _ in learned_closest], [gap for gap, _ in exact_closest]
     print("\n| object | true scale | sampled by the scale network | exact valid set (true depth, all pixels) |\n|---|---|---|---|")
     for k, name in enumerate(names[1:], start=1):
         print(f"| {name} | {float(truth[k]):.3f} | {float(scales[:, k].min()):.3f}..{float(scales[:, k].max()):.3f} | "
@@ -144,8 +149,8 @@ def main() -> None:
     # test cameras at the configuration closest to the truth among 100 sampled, for several draws of 100, from
     # the scale network and (what a perfect method would sample) from the exact valid set
     model.config.eval_num_configurations = 0  # only the chosen configuration (and the truth) per evaluation
-    learned_rows = closest_of_draws(pipeline, step, scales, truth, args.draws)
-    exact_rows = closest_of_draws(pipeline, step, exact_valid, truth, args.draws)  # i.i.d. already
+    learned_rows = [(gap, evaluate_at(pipeline, step, closest)) for gap, closest in learned_closest[: args.draws]]
+    exact_rows = [(gap, evaluate_at(pipeline, step, closest)) for gap, closest in exact_closest[: args.draws]]
     keys = [k for k in ("psnr", "ssim", "depth_abs_rel", "depth_rmse", "miou") if k in learned_rows[0][1]]
     for title, rows in (("sampled by the scale network", learned_rows), ("drawn from the exact valid set", exact_rows)):
         print(f"\nTest cameras at the configuration closest to the truth among 100 {title}, {len(rows)} draws:\n")
@@ -171,16 +176,6 @@ def evaluate_at(pipeline, step: int, scales: torch.Tensor) -> dict:
     pipeline.model.render_scales.copy_(scales.to(pipeline.model.render_scales.device))
     with CONSOLE.capture():
         return pipeline.get_average_eval_image_metrics(step=step)
-
-
-def closest_of_draws(pipeline, step: int, scales: torch.Tensor, truth: torch.Tensor, draws: int) -> list[tuple[float, dict]]:
-    """(log gap, test-camera metrics) of the configuration closest to the truth in each of the first groups of 100."""
-    rows = []
-    for draw in range(min(draws, len(scales) // 100)):
-        group = scales[100 * draw : 100 * (draw + 1)]
-        gaps = (group.log() - truth.log()).abs().amax(-1)
-        rows.append((float(gaps.min()), evaluate_at(pipeline, step, group[gaps.argmin()])))
-    return rows
 
 
 if __name__ == "__main__":

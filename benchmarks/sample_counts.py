@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from demo_quality import evaluate_at
+from machine import load_average, machine_info
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("psnr", "ssim", "depth_abs_rel", "miou")
 
@@ -41,15 +44,10 @@ def train(coarse: int, fine: int, steps: int, output_dir: Path, threads: int) ->
 def truth_metrics(run: Path) -> dict:
     """Test-camera metrics at the true configuration of a finished run."""
     from nerfstudio.utils.eval_utils import eval_setup
-    from nerfstudio.utils.rich_utils import CONSOLE
 
-    with CONSOLE.capture():
-        _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="test")
-        model = pipeline.model
-        model.config.eval_num_configurations = 0
-        model.render_scales.copy_(model.true_scales)
-        metrics = pipeline.get_average_eval_image_metrics()
-    return metrics
+    _, pipeline, _, step = eval_setup(run / "config.yml", test_mode="test")
+    pipeline.model.config.eval_num_configurations = 0
+    return evaluate_at(pipeline, step, pipeline.model.true_scales)
 
 
 def main() -> None:
@@ -59,13 +57,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/sample-counts"))
     args = parser.parse_args()
+    print(machine_info())
     rows = []
     for entry in args.counts:
         coarse, fine = (int(x) for x in entry.split(","))
+        load = load_average()
         run, seconds = train(coarse, fine, args.steps, args.output_dir, args.threads)
         metrics = truth_metrics(run)
         rows.append((coarse, fine, seconds, metrics))
-        print(f"{coarse},{fine}: {seconds:.0f} s, " + ", ".join(f"{k} {metrics[k]:.4f}" for k in KEYS), flush=True)
+        print(f"{coarse},{fine}: {seconds:.0f} s (load average before: {load}), " + ", ".join(f"{k} {metrics[k]:.4f}" for k in KEYS), flush=True)
     print(f"\n{args.steps} steps, {args.threads} threads; test cameras at the true configuration:\n")
     print("| coarse | fine | evaluated per object and ray | training wall clock | " + " | ".join(KEYS) + " |")
     print("|---|---|---|---|" + "---|" * len(KEYS))
