@@ -36,11 +36,12 @@ def tiny_train_args(
     validity_candidates: int = 2048,
     rays_per_batch: int = 256,
     keypoint_rays: int = 64,
+    preset: str = "demo-cpu.yaml",
 ) -> List[str]:
-    """osn-train arguments of a tiny run (CPU preset, small batches, short phases)."""
+    """osn-train arguments of a tiny run (a preset in configs/, the CPU one by default; small batches, short phases)."""
     return [
         command("osn-train"),
-        str(REPO / "configs" / "demo-cpu.yaml"),
+        str(REPO / "configs" / preset),
         "--data", str(scene),
         "--output-dir", str(output_dir),
         "--experiment-name", "tiny",

@@ -12,7 +12,7 @@ import torch
 
 from osn_nerfstudio.scripts.train_preset import preset_argv
 
-from conftest import REPO, command, latest_run
+from conftest import REPO, latest_run, tiny_train_args
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -47,17 +47,13 @@ def test_gpu_preset_values():
 
 def test_gpu_preset_trains_on_cpu_with_torch_hash_grids(tiny_scene, tmp_path):
     """A few steps of both phases with the GPU preset's fields and samplers, on a CPU (tcnn absent or unusable)."""
-    args = [
-        command("osn-train"), str(REPO / "configs" / "real-video-gpu.yaml"),
+    args = tiny_train_args(
+        tiny_scene, tmp_path, steps=6, steps_per_save=6, bootstrap=3, steps_per_round=3, validity_candidates=256,
+        rays_per_batch=64, keypoint_rays=16, preset="real-video-gpu.yaml",
+    ) + [
         "--machine.device-type", "cpu", "--vis", "tensorboard",
-        "--data", str(tiny_scene), "--output-dir", str(tmp_path), "--experiment-name", "tiny",
-        "--max-num-iterations", "6", "--steps-per-save", "6",
-        "--pipeline.model.bootstrap-steps", "3", "--pipeline.model.steps-per-round", "3",
-        "--pipeline.model.validity-candidates", "256",
         "--pipeline.model.supervision-pixels-per-object", "128",
         "--pipeline.model.supervision-boundary-pixels-per-object", "32",
-        "--pipeline.datamanager.train-num-rays-per-batch", "64",
-        "--pipeline.datamanager.num-keypoint-rays", "16",
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-4000:]
