@@ -204,11 +204,13 @@ class RenderConfigurations:
                 raise SystemExit(f"{path} exists; choose another --output-path or pass --overwrite.")
         _, pipeline, _, _ = eval_setup(self.load_config, test_mode="inference")
         scales = self.configurations(pipeline)
-        cameras = self.cameras(pipeline)
+        camera_path = json.loads(self.camera_path_filename.read_text()) if self.camera_path_filename is not None else None
+        cameras = self.cameras(pipeline, camera_path)
         tiles = [render_frames(pipeline, cameras, configuration, self.rendered_output_name) for configuration in scales]
         frames = [grid([tile[i] for tile in tiles], self.columns) for i in range(len(cameras))]
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        write_frames(self.output_path, frames, seconds=self.seconds())
+        seconds = 1.0 if camera_path is None else float(camera_path.get("seconds", 5.0))
+        write_frames(self.output_path, frames, seconds=seconds)
         names = pipeline.model.object_names
         record = {"configurations": [{name: float(s) for name, s in zip(names, row)} for row in scales.tolist()]}
         self.output_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -226,21 +228,17 @@ class RenderConfigurations:
             CONSOLE.print(f"[yellow]{sampled.message}")
         return sampled.scales.detach().cpu()
 
-    def cameras(self, pipeline):
-        if self.camera_path_filename is not None:
+    def cameras(self, pipeline, camera_path: Optional[dict]):
+        """The cameras of ``camera_path`` (a nerfstudio camera path), else the training camera at ``frame``."""
+        if camera_path is not None:
             from nerfstudio.cameras.camera_paths import get_path_from_json
 
-            return get_path_from_json(json.loads(self.camera_path_filename.read_text()))
+            return get_path_from_json(camera_path)
         cameras = pipeline.datamanager.train_dataset.cameras
         frame = len(cameras) // 2 if self.frame is None else self.frame
         if not 0 <= frame < len(cameras):
             raise SystemExit(f"--frame {frame}: the video has frames 0..{len(cameras) - 1}.")
         return cameras[frame : frame + 1]
-
-    def seconds(self) -> float:
-        if self.camera_path_filename is None:
-            return 1.0
-        return float(json.loads(self.camera_path_filename.read_text()).get("seconds", 5.0))
 
 
 def render_frames(pipeline, cameras, scales: torch.Tensor, output_name: str) -> List[np.ndarray]:
