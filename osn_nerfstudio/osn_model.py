@@ -30,7 +30,13 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from osn_nerfstudio.core import metrics as metrics_lib
 from osn_nerfstudio.core.compositing import AloneOutputs, CompositeOutputs, ObjectSamples, composite, render_alone
 from osn_nerfstudio.core.geometry import interpolate_poses, intersect_aabb, normalise_to_box, rays_in_objects
-from osn_nerfstudio.core.validity import SupervisionCache, validity, validity_labels
+from osn_nerfstudio.core.validity import (
+    LabelledSet,
+    SupervisionCache,
+    ValidityConfig,
+    labelled_candidates,
+    valid_set,
+)
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
 from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
 from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
@@ -64,31 +70,25 @@ class OSNModelConfig(ModelConfig):
     """Mask pixels per object added to all keypoints to form the rays that decide validity (caching 28k rays
     costs about a second on a 2-core CPU)."""
     supervision_boundary_pixels_per_object: int = 1024
-    """Extra supervision pixels per foreground object next to another foreground object, where the video shows
-    which of the two is in front; uniform mask pixels rarely land there."""
+    """Extra supervision pixels per object next to another object, where the video shows which of the two is in
+    front; uniform mask pixels rarely land there."""
     supervision_boundary_width: int = 3
-    """Pixels from another foreground object that count as next to it."""
-    validity_candidates: int = 16384
-    """Configurations labelled by exact validity at each refit (uniform in normalised log-scale)."""
-    validity_threshold: float = 1.0
-    """A configuration is valid when at least this (weighted) fraction of supervision rays is explained (1: all
-    of them). Rays where two objects compete are a few percent of all rays, so a lower threshold lets
-    configurations that reverse whole occlusions pass."""
-    validity_tolerance: float = 0.0005
-    """A configuration is also valid when it scores within this of the best candidate: rays that no
-    configuration explains (imperfect fields, label noise) lower all scores alike. On the demo (28k rays) the
-    labelled set matches the scene's exact valid set at 0 and is 1.5x wider at 0.001
-    (benchmarks/RESULTS.md)."""
-    min_valid_fraction: float = 0.02
-    """If fewer candidates pass the threshold, the best this fraction are labelled valid."""
-    min_accumulation: float = 0.5
-    """Objects more transparent than this on a ray do not take part in its Z-buffer."""
+    """Pixels from another object that count as next to it."""
+    supervision_label_gap: int = 1
+    """Supervision pixels keep this many pixels from any other label: masks and learned silhouettes are least
+    certain on their outlines."""
+    validity: ValidityConfig = field(default_factory=ValidityConfig)
+    """Which configurations the refits label valid, and which candidates they label."""
     rgb_loss_mult: float = 1.0
     """Colour loss of composite renders (phase 2)."""
     alone_rgb_loss_mult: float = 1.0
     """Colour loss of the labelled object rendered alone (phase 1; scaled by ``alone_loss_phase2`` after)."""
     alone_accumulation_loss_mult: float = 0.1
     """Pushes the labelled object's opacity to 1 where it is visible."""
+    carving_loss_mult: float = 0.01
+    """Pushes every foreground object's opacity alone towards 0 on the pixels of other objects. Weak: a part hidden
+    in some frames is kept by the frames that show it; fog that no frame shows is carved away (it would otherwise
+    contradict the occlusions that validity reads)."""
     keypoint_depth_loss_mult: float = 0.1
     """Relative keypoint depth error, alone (own units) and in the composite (scaled by s_k)."""
     segmentation_loss_mult: float = 0.05
@@ -105,8 +105,8 @@ class OSNModelConfig(ModelConfig):
     eval_seed: int = 0
     """Seed of the configurations ns-eval samples, so that its results are reproducible."""
     eval_covisibility_masks: Optional[str] = None
-    """Directory of co-visibility masks, one PNG per evaluation image named like the image file; when set,
-    ns-eval scores only the masks' nonzero pixels."""
+    """Directory of co-visibility masks, one PNG per evaluation image named like the image file, for scenes whose
+    test views have none of their own; ns-eval scores only the masks' nonzero pixels."""
 
 
 class OSNModel(Model):
@@ -141,6 +141,8 @@ class OSNModel(Model):
         color = 1.0 if self.config.background_color == "white" else 0.0
         self.register_buffer("background", torch.full((3,), color))
         self.step = 0
+        self.sampling_fallbacks = 0
+        """Training-configuration draws since the last refit that fell back to best-scored candidates."""
 
     # ---------------------------------------------------------------- schedule
 
@@ -161,7 +163,9 @@ class OSNModel(Model):
         def before_step(step: int) -> None:
             self.step = step
             if self.phase(step) == "alternation":
-                self.train_scales.copy_(self.scale_network.sample(self.config.configurations_per_batch).scales)
+                drawn = self.scale_network.sample(self.config.configurations_per_batch)
+                self.sampling_fallbacks += int(drawn.fell_back)
+                self.train_scales.copy_(drawn.scales)
 
         def after_step(step: int) -> None:
             if self.is_refit_step(step):
@@ -282,13 +286,15 @@ class OSNModel(Model):
         return self.collect_outputs(ray_bundle, scales, mixed, alone)
 
     def get_training_outputs(self, ray_bundle: RayBundle, batch: Dict) -> Dict[str, Tensor]:
-        """Training forward pass: during the bootstrap only each ray's labelled object is rendered, alone in its
-        own units."""
+        """Training forward pass: during the bootstrap each ray renders its labelled object and the foreground
+        objects (for carving), each alone in its own units."""
         if self.phase(self.step) != "bootstrap":
             return self.get_outputs(ray_bundle)
         labels = batch["object_id"][:, 0].to(ray_bundle.origins.device).long()
-        active = F.one_hot(labels.clamp_min(0), self.num_objects).bool() & (labels >= 0)[:, None]
-        return self.get_outputs(ray_bundle, active, clip_near=False)
+        active = F.one_hot(labels.clamp_min(0), self.num_objects).bool()
+        if self.config.carving_loss_mult > 0:
+            active[:, 1:] = True
+        return self.get_outputs(ray_bundle, active & (labels >= 0)[:, None], clip_near=False)
 
     def collect_outputs(
         self, ray_bundle: RayBundle, scales: Tensor, mixed: CompositeOutputs, alone: AloneOutputs
@@ -352,6 +358,10 @@ class OSNModel(Model):
             "alone_keypoint_depth": weighted_relative_error(alone_depth, kp_distance, kp_weight)
             * self.config.keypoint_depth_loss_mult,
         }
+        if self.config.carving_loss_mult > 0:
+            others = outputs["alone_accumulation"][:, 1:].scatter(1, (label_index - 1).clamp_min(0), 0.0)
+            others = torch.where((labels >= 1)[:, None], others, outputs["alone_accumulation"][:, 1:])
+            losses["carving"] = masked_mean(others.sum(-1), labelled) * self.config.carving_loss_mult
         if self.phase(self.step) == "alternation" or not self.training:
             for key in losses:
                 losses[key] = losses[key] * self.config.alone_loss_phase2
@@ -378,6 +388,7 @@ class OSNModel(Model):
             generator,
             self.config.supervision_boundary_pixels_per_object,
             self.config.supervision_boundary_width,
+            self.config.supervision_label_gap,
         )
         return self.supervision_cache(rays, labels, weights)
 
@@ -396,7 +407,8 @@ class OSNModel(Model):
         )
 
     def refit_scale_network(self, datamanager, step: int) -> Dict[str, float]:
-        """Refresh the cache, label candidate configurations by exact validity, and fit the scale network."""
+        """Refresh the cache, find the configurations the validity rule labels valid, and fit the scale network to
+        candidates labelled by it."""
         if self.num_objects < 2:
             return {}
         was_training = self.training
@@ -404,18 +416,26 @@ class OSNModel(Model):
         generator = torch.Generator().manual_seed(step)
         cache = self.supervision_cache_of(datamanager, generator)
         self.train(was_training)
-        u = torch.rand(self.config.validity_candidates, self.num_objects - 1, generator=generator)
-        scores = validity(cache, self.scale_network.ranges.denormalise(u), self.config.min_accumulation)
-        valid = validity_labels(
-            scores, self.config.validity_threshold, self.config.min_valid_fraction, self.config.validity_tolerance
-        )
-        stats = self.scale_network.fit(u.to(self.bbox_min.device), valid.to(self.bbox_min.device))
+        labelled = self.valid_set(cache)
+        u, labels = labelled_candidates(labelled.valid, self.scale_network.ranges, self.config.validity, generator)
+        device = self.bbox_min.device
+        stats = self.scale_network.fit(u.to(device), labels.to(device), generator=generator)
+        self.scale_network.set_proposal_box(u[labels])
+        fallbacks, self.sampling_fallbacks = self.sampling_fallbacks, 0
         self.choose_render_scales(cache)
+        share = labelled.contradicted_weight / max(labelled.constraint_weight, 1e-12)
         CONSOLE.print(
-            f"step {step}: scale network refit on {cache.num_rays} rays; {int(valid.sum())}/{len(valid)} candidates valid "
-            f"(best validity {float(scores.max()):.3f}); render scales {[round(s, 3) for s in self.render_scales.tolist()]}"
+            f"step {step}: scale network refit on {cache.num_rays} rays ({labelled.constraint_weight:.0f} constraints, "
+            f"{share:.1%} set aside as contradicted); {int(labels.sum())}/{len(labels)} candidates valid; fit balanced "
+            f"accuracy {stats['balanced_accuracy']:.3f}"
+            + (f"; {fallbacks} training draws fell back since the last refit" if fallbacks else "")
+            + f"; render scales {[round(s, 3) for s in self.render_scales.tolist()]}"
         )
-        return {"valid_fraction": float(valid.float().mean()), **stats}
+        return {"valid_fraction": float(labels.float().mean()), "contradicted_share": share, **stats}
+
+    def valid_set(self, cache: SupervisionCache) -> LabelledSet:
+        """What the validity rule labels valid on ``cache`` (``.valid``), with what it set aside."""
+        return valid_set(cache, self.scale_range.cpu(), self.config.validity)
 
     @torch.no_grad()
     def choose_render_scales(self, cache: SupervisionCache, num_samples: int = 100) -> None:

@@ -33,8 +33,11 @@ class ScaleNetworkConfig:
     batch_size: int = 1024
     """Labelled configurations per optimisation step (drawn with replacement)."""
     candidates_per_sample: int = 32
-    """Uniform candidates drawn per requested configuration when sampling: valid regions smaller than
-    1/candidates_per_sample of the scale ranges fall back to the best-scored candidates."""
+    """Candidates drawn per requested configuration in each round of sampling (uniform in the proposal box)."""
+    max_candidates: int = 1 << 17
+    """Candidates drawn at most per sampling call before the best-scored ones fill what is missing."""
+    proposal_margin: float = 0.05
+    """The proposal box is the labelled valid set's box grown by this (normalised log-scale) on every side."""
 
 
 class ScaleRanges:
@@ -101,6 +104,9 @@ class ObjectScaleNetwork(nn.Module):
         ScaleRanges(scale_range)  # validate before storing
         self.register_buffer("scale_range", scale_range.detach().float().clone())
         num_inputs = scale_range.shape[0] - 1
+        # where sampling draws its candidates (normalised log-scale): everywhere until a refit says where the set is
+        self.register_buffer("proposal_low", torch.zeros(num_inputs))
+        self.register_buffer("proposal_high", torch.ones(num_inputs))
         self.mlp = self._build_mlp(num_inputs) if num_inputs > 0 else None
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr) if self.mlp is not None else None
 
@@ -132,10 +138,22 @@ class ObjectScaleNetwork(nn.Module):
         return torch.sigmoid(self(self.ranges.normalise(scales)))
 
     def draw_uniform(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n Km1"]:
-        """``n`` normalised configurations uniform over the scale ranges (log-uniform scales)."""
+        """``n`` normalised configurations uniform over the proposal box (log-uniform scales)."""
         device = generator.device if generator is not None else self.scale_range.device
-        u = torch.rand(n, self.num_objects - 1, generator=generator, device=device)
-        return u.to(self.scale_range.device)
+        u = torch.rand(n, self.num_objects - 1, generator=generator, device=device).to(self.scale_range.device)
+        return self.proposal_low + u * (self.proposal_high - self.proposal_low)
+
+    def set_proposal_box(self, members: Float[Tensor, "n Km1"]) -> None:
+        """Draw sampling candidates from the box around ``members`` (normalised configurations labelled valid),
+        grown by ``proposal_margin``; the whole range when there are none."""
+        if len(members) == 0:
+            self.proposal_low.zero_()
+            self.proposal_high.fill_(1.0)
+            return
+        margin = self.config.proposal_margin
+        members = members.to(self.proposal_low)
+        self.proposal_low.copy_((members.amin(0) - margin).clamp_min(0.0))
+        self.proposal_high.copy_((members.amax(0) + margin).clamp_max(1.0))
 
     def fit(
         self,
@@ -206,31 +224,40 @@ class ObjectScaleNetwork(nn.Module):
     ) -> SampleResult:
         """``n`` configurations drawn uniformly from the region the network scores above 0.5.
 
-        Draws ``n * candidates_per_sample`` uniform candidates and keeps the first ``n`` that pass. If fewer pass
-        (an untrained network, or a valid region too small for the candidate budget), the best-scored candidates
-        fill the rest and the result says so; sampling never fails.
+        Draws ``n * candidates_per_sample`` candidates in the proposal box (:meth:`set_proposal_box`), then twice
+        as many each round, until ``n`` pass or ``config.max_candidates`` are spent. If fewer pass (an untrained network, or a valid
+        region too small to find), the best-scored candidates fill the rest and the result says so; sampling never
+        fails.
         """
-        candidates_per_sample = candidates_per_sample or self.config.candidates_per_sample
-        u = self.draw_uniform(n * candidates_per_sample, generator)
-        logits = self(u)
-        passing = (logits > 0).nonzero()[:, 0]
-        fell_back = len(passing) < n
+        per_round = n * (candidates_per_sample or self.config.candidates_per_sample)
+        budget = max(self.config.max_candidates, per_round)
+        kept_u, kept_logits, best_u, best_logits, drawn = [], [], None, None, 0
+        while drawn < budget and sum(len(u) for u in kept_u) < n:
+            u = self.draw_uniform(per_round, generator)
+            logits = self(u)
+            drawn += per_round
+            per_round *= 2
+            passing = logits > 0
+            kept_u.append(u[passing])
+            kept_logits.append(logits[passing])
+            top = logits.argsort(descending=True)[:n]
+            best_u = u[top] if best_u is None else torch.cat([best_u, u[top]])
+            best_logits = logits[top] if best_logits is None else torch.cat([best_logits, logits[top]])
+        u, logits = torch.cat(kept_u)[:n], torch.cat(kept_logits)[:n]
+        fell_back = len(u) < n
         message = ""
         if fell_back:
-            keep = logits.argsort(descending=True)[:n]
+            fill = best_logits.argsort(descending=True)[: n - len(u)]
             message = (
-                f"only {len(passing)} of {len(logits)} candidate configurations scored above 0.5 for {n} requested; "
-                f"the {n - len(passing)} best-scored others filled the rest. The scale network may be untrained, or "
-                "the valid region is smaller than 1/candidates_per_sample of the scale ranges: raise "
-                "candidates_per_sample."
+                f"only {len(u)} of {drawn} candidate configurations scored above 0.5 for {n} requested; the "
+                f"{n - len(u)} best-scored others filled the rest. The scale network may be untrained, or its valid "
+                "region too small to find: raise max_candidates."
             )
-        else:
-            keep = passing[:n]
-        u = u[keep]
+            u, logits = torch.cat([u, best_u[fill]]), torch.cat([logits, best_logits[fill]])
         return SampleResult(
             scales=self.ranges.denormalise(u),
             u=u,
-            probability=torch.sigmoid(logits[keep]),
+            probability=torch.sigmoid(logits),
             fell_back=fell_back,
             message=message,
         )

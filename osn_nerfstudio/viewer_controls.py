@@ -27,22 +27,11 @@ from torch import Tensor
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerElement, ViewerSlider, ViewerText
 
-from osn_nerfstudio.core.validity import (
-    SupervisionCache,
-    ValidityPlan,
-    plan_validity,
-    score_plan,
-    validity_cut,
-    validity_labels,
-)
+from osn_nerfstudio.core.valid_set import ValidSet
+from osn_nerfstudio.core.validity import SupervisionCache, ValidityPlan, plan_validity, score_plan
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
-
-REFERENCE_CANDIDATES = 4096
-"""Uniform configurations scored once per cache to place the validity threshold as training does (best score minus
-the tolerance when nothing reaches the threshold)."""
-
 
 def slider_step(low: float, high: float) -> float:
     """A power of ten that divides the range into 100 to 1000 steps."""
@@ -70,12 +59,13 @@ def closest_to_truth(true_scales: Float[Tensor, "K"], scale_range: Float[Tensor,
     return scales_from_sliders(sliders_from_scales(true_scales, scale_range), scale_range)
 
 
-def readout_texts(osn_score: float, exact_validity: float, valid_from: float) -> Tuple[str, str]:
-    """Texts of the two read-outs: the scale network's probability, and exact validity with its verdict."""
+def readout_texts(osn_score: float, explained: float, margin: float) -> Tuple[str, str]:
+    """Texts of the two read-outs: the scale network's probability, and the fraction of supervision rays explained
+    with the verdict of the rule training labels with (``margin``: :meth:`ValidSet.margins`, >= 0 when valid)."""
     network = f"{osn_score:.3f} > 0.5: valid" if osn_score > 0.5 else f"{osn_score:.3f} ≤ 0.5: invalid"
-    if exact_validity >= valid_from:
-        return network, f"{exact_validity:.3f} ≥ {valid_from:.3f}: valid"
-    return network, f"{exact_validity:.3f} < {valid_from:.3f}: invalid"
+    if margin >= 0:
+        return network, f"{explained:.3f} explained: valid"
+    return network, f"{explained:.3f} explained: invalid ({-margin:.3f} past a bound)"
 
 
 @dataclass
@@ -107,30 +97,25 @@ def camera_view(
 
 @dataclass
 class ValidityReference:
-    """What scoring a configuration's exact validity needs, computed once per supervision cache."""
+    """What judging a configuration needs, computed once per supervision cache."""
 
     plan: ValidityPlan
-    valid_from: float
-    """Lowest exact validity counted valid by the training labels' rule (``validity_labels``) on uniform
-    candidates: the threshold, or the best candidate's score minus the tolerance when that is lower, or the best
-    fraction's lowest score when too few reach either."""
+    valid: ValidSet
+    """The configurations the training labels' rule calls valid on this cache."""
     training_round: int
     """``round_of(model)`` when the cache was rendered."""
 
-    def score(self, scales: Float[Tensor, "K"]) -> float:
+    def explained(self, scales: Float[Tensor, "K"]) -> float:
         # in the scales' own precision, as ``validity(cache, scales[None], ...)`` scores them
         return float(score_plan(self.plan, scales.detach().cpu()[None])[0])
 
+    def margin(self, scales: Float[Tensor, "K"]) -> float:
+        return float(self.valid.margins(scales.detach().cpu()[None])[0])
 
-def validity_reference(model, cache: SupervisionCache, generator: torch.Generator) -> ValidityReference:
-    plan = plan_validity(cache, model.config.min_accumulation)
-    u = torch.rand(REFERENCE_CANDIDATES, model.num_objects - 1, generator=generator, dtype=torch.float64)
-    scores = score_plan(plan, model.scale_network.ranges.denormalise(u.to(model.scale_range)).cpu().double())
-    config = model.config
-    valid = validity_labels(scores, config.validity_threshold, config.min_valid_fraction, config.validity_tolerance)
-    threshold = validity_cut(scores, config.validity_threshold, config.validity_tolerance)
-    # below the threshold only when too few candidates reach it and the best fraction counts instead
-    return ValidityReference(plan, min(threshold, float(scores[valid].min())), round_of(model))
+
+def validity_reference(model, cache: SupervisionCache) -> ValidityReference:
+    valid = model.valid_set(cache).valid
+    return ValidityReference(plan_validity(cache, model.config.validity.min_accumulation), valid, round_of(model))
 
 
 def round_of(model) -> int:
@@ -197,7 +182,8 @@ class OSNViewerControls(ViewerControl):
         self.osn_readout = ReadoutText("OSN score", "The scale network's probability that this configuration is valid")
         self.validity_readout = ReadoutText(
             "Exact validity",
-            "Weighted fraction of supervision rays whose Z-buffer winner is the object the video shows there",
+            "Weighted fraction of supervision rays whose Z-buffer winner is the object the video shows there, and the "
+            "verdict of the rule the training labels with",
         )
         self.generator = torch.Generator().manual_seed(0)
         self.reference: Optional[ValidityReference] = None
@@ -291,7 +277,7 @@ class OSNViewerControls(ViewerControl):
     def readouts(self, scales: Float[Tensor, "K"]) -> Tuple[str, str]:
         osn_score = float(self.model.scale_network.probability(scales.to(self.model.scale_range)[None])[0])
         reference = self.validity_reference()
-        return readout_texts(osn_score, reference.score(scales), reference.valid_from)
+        return readout_texts(osn_score, reference.explained(scales), reference.margin(scales))
 
     def validity_reference(self) -> ValidityReference:
         """The cached validity reference, rebuilt when training has moved on by a round since it was rendered."""
@@ -308,7 +294,7 @@ class OSNViewerControls(ViewerControl):
             cache = model.supervision_cache_of(self.pipeline.datamanager, torch.Generator().manual_seed(0))
         finally:
             model.train(was_training)
-        return validity_reference(model, cache, torch.Generator().manual_seed(0))
+        return validity_reference(model, cache)
 
 
 def attach_viewer_controls(pipeline) -> OSNViewerControls:

@@ -49,10 +49,16 @@ def tiny_train_args(
         "--steps-per-save", str(steps_per_save),
         "--pipeline.model.bootstrap-steps", str(bootstrap),
         "--pipeline.model.steps-per-round", str(steps_per_round),
-        "--pipeline.model.validity-candidates", str(validity_candidates),
+        *validity_candidate_args(validity_candidates),
         "--pipeline.datamanager.train-num-rays-per-batch", str(rays_per_batch),
         "--pipeline.datamanager.num-keypoint-rays", str(keypoint_rays),
     ]
+
+
+def validity_candidate_args(count: int) -> List[str]:
+    """ns-train arguments that make each refit label ``count`` candidates of each kind (uniform, inside, boundary)."""
+    kinds = ("uniform", "inside", "boundary")
+    return [arg for kind in kinds for arg in (f"--pipeline.model.validity.{kind}-candidates", str(count))]
 
 
 def latest_run(output_dir: Path) -> Path:

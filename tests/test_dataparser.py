@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
-from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig, foreground_boundaries
+from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig, supervision_masks
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig, OSNSceneMetadata
 from osn_nerfstudio.data.osn_dataset import IGNORE_ID
 from osn_nerfstudio.data.scene_format import read_depth, read_mask
 from osn_nerfstudio.data.validation import load_scene
+from scene_factory import UNREGISTERED, write_scene
 
 SMALL_DEMO = DemoSceneConfig(seed=3, width=48, height=36, num_frames=10, test_view_every=3)
 
@@ -162,24 +163,49 @@ def test_supervision_rays_cover_every_object(scene_dir, scene):
     assert torch.all(weights[len(scene.keypoints) :] == 1)
 
 
-def test_supervision_boundary_pixels_lie_next_to_another_foreground_object(scene_dir, scene):
+def test_supervision_boundary_pixels_lie_next_to_another_object(scene_dir, scene):
     config = OSNDataManagerConfig(dataparser=OSNDataParserConfig(data=scene_dir))
     datamanager = config.setup(device="cpu", test_mode="val")
     ids = datamanager.train_frames[1]
-    near = foreground_boundaries(ids, scene.num_objects, 2)
+    registered = datamanager.scene_metadata.registered
+    _, near = supervision_masks(ids, registered, scene.num_objects, gap=0, width=2)
     generator = torch.Generator().manual_seed(0)
     bundle, labels, _ = datamanager.supervision_rays(10, generator, boundary_pixels_per_object=7, boundary_width=2)
     boundary_labels = labels[len(scene.keypoints) + 10 * scene.num_objects :]
-    expected = [k for k in range(1, scene.num_objects) for _ in range(min(7, int(near[k - 1].sum())))]
+    expected = [k for k in range(scene.num_objects) for _ in range(min(7, int(near[k].sum())))]
     assert boundary_labels.tolist() == expected
 
 
-def test_foreground_boundaries_on_a_hand_built_label_map():
+def test_supervision_rays_skip_objects_where_they_are_unregistered(tmp_path):
+    scene = write_scene(tmp_path / "scene", num_frames=4)
+    config = OSNDataManagerConfig(dataparser=OSNDataParserConfig(data=scene.root))
+    datamanager = config.setup(device="cpu", test_mode="val")
+    bundle, labels, _ = datamanager.supervision_rays(10_000, torch.Generator().manual_seed(0), 10_000, 2)
+    frames = bundle.camera_indices[:, 0]
+    k, v = UNREGISTERED
+    pixels = torch.arange(len(labels)) >= len(scene.keypoints)
+    assert not ((labels == k) & (frames == v) & pixels).any()
+    assert ((labels == k) & pixels).any()
+
+
+def test_supervision_masks_on_a_hand_built_label_map():
     ids = torch.tensor([[[0, 1, 1, 2, 2, 2], [0, 1, 1, -1, 2, 2], [0, 0, 0, 0, 0, 2]]])
-    near_1, near_2 = foreground_boundaries(ids, 3, width=1)
-    # object 1's pixels within one pixel (8-neighbourhood) of object 2; ignored (-1) and background do not count
-    assert near_1[0].nonzero().tolist() == [[0, 2], [1, 2]]
-    assert near_2[0].nonzero().tolist() == [[0, 3]]
+    registered = torch.ones(3, 1, dtype=torch.bool)
+    inside, near = supervision_masks(ids, registered, 3, gap=0, width=1)
+    assert torch.equal(inside[1], ids == 1)
+    # object 2's pixels within one pixel (8-neighbourhood) of another object; the unknown label (-1) does not count
+    assert near[2][0].nonzero().tolist() == [[0, 3], [1, 4], [1, 5], [2, 5]]
+    # no pixel of object 1 is a pixel away from every other label
+    inside, _ = supervision_masks(ids, registered, 3, gap=1, width=1)
+    assert not inside[1].any()
+    # a 5x5 block: one pixel from its outline leaves the inner 3x3; its ring lies within 2 pixels of the background
+    ids = torch.zeros(1, 7, 7, dtype=torch.long)
+    ids[0, 1:6, 1:6] = 1
+    inside, near = supervision_masks(ids, torch.ones(2, 1, dtype=torch.bool), 2, gap=1, width=1)
+    assert inside[1][0].nonzero().tolist() == [[r, c] for r in (2, 3, 4) for c in (2, 3, 4)]
+    assert near[1][0].sum() == 8 and not near[1][0, 3, 3]
+    inside, _ = supervision_masks(ids, torch.tensor([[True], [False]]), 2, gap=0, width=1)
+    assert not inside[1].any() and inside[0].any()
 
 
 def test_eval_images_carry_ground_truth_depth(scene_dir, scene):

@@ -118,7 +118,7 @@ def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
     # label every ray by what the true configuration shows, then score every configuration both ways
     truth_winner = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
     cache.label = truth_winner
-    from_cache = validity(cache, configurations, model.config.min_accumulation)
+    from_cache = validity(cache, configurations, model.config.validity.min_accumulation)
     for c, scales in enumerate(configurations):
         winner = render(model, rays, scales)["object_weights"].argmax(-1)
         brute_force = (winner == truth_winner).float().mean()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,9 @@ from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.evaluation import depth_agreement, trajectory_error
 from osn_nerfstudio.process.frames import FrameSamplingConfig, read_frames
 from osn_nerfstudio.process.pipeline import PREVIEW_FILE, ProcessDataConfig, process_video
+from conftest import tiny_train_args
 from process_factory import export_frames_and_masks, write_video
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = DemoSceneConfig(seed=0, width=128, height=96, num_frames=24, num_objects=1, supersampling=2, test_view_every=24)
 # Bounds with margin over what this scene measured (docs/process-data.md): rotation mean 3.0/2.6 deg,
 # max 3.5/7.3 deg; translation 0.9 %/3.7 % mean, 1.7 %/11 % max; depth error median 2.8 %/1.1 %, p90 8.5 %/2.3 %.
@@ -92,23 +90,12 @@ def test_keypoint_depths_agree_with_ground_truth_after_scaling(processed, truth,
 def test_processed_scene_trains(processed, tmp_path):
     scene, _ = processed
     steps = 8
-    args = [
-        str(Path(sys.executable).parent / "osn-train"),
-        str(REPO / "configs" / "demo-cpu.yaml"),
-        "--data", str(scene.root),
-        "--output-dir", str(tmp_path),
-        "--experiment-name", "processed",
-        "--max-num-iterations", str(steps),
-        "--steps-per-save", str(steps),
-        "--pipeline.model.bootstrap-steps", "4",
-        "--pipeline.model.steps-per-round", "2",
-        "--pipeline.datamanager.train-num-rays-per-batch", "256",
-        "--pipeline.datamanager.num-keypoint-rays", "64",
-        "--pipeline.model.validity-candidates", "256",
-    ]  # fmt: skip
+    args = tiny_train_args(
+        scene.root, tmp_path, steps=steps, steps_per_save=steps, bootstrap=4, steps_per_round=2, validity_candidates=256
+    )
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
-    assert list(tmp_path.glob(f"processed/osn/*/nerfstudio_models/step-{steps - 1:09d}.ckpt"))
+    assert list(tmp_path.glob(f"tiny/osn/*/nerfstudio_models/step-{steps - 1:09d}.ckpt"))
 
 
 def test_video_file_is_resampled_and_downscaled(truth, tmp_path):

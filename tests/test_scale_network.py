@@ -103,15 +103,37 @@ def test_fit_trains_when_called_under_inference_mode():
 
 
 def test_untrained_region_makes_sampling_fall_back_without_failing():
-    net = ObjectScaleNetwork(RANGE)
+    net = ObjectScaleNetwork(RANGE, ScaleNetworkConfig(max_candidates=120))
     with torch.no_grad():
         net.mlp[-1].bias.fill_(-1e3)
     drawn = net.sample(10, torch.Generator().manual_seed(0), candidates_per_sample=4)
-    assert drawn.fell_back and "0 of 40" in drawn.message
+    # rounds of 40 and 80 candidates spend the budget
+    assert drawn.fell_back and "0 of 120" in drawn.message
     assert drawn.scales.shape == (10, 3) and drawn.u.shape == (10, 2)
     assert (drawn.probability < 0.5).all()
     # the best-scored candidates, best first
     assert torch.equal(drawn.probability, drawn.probability.sort(descending=True).values)
+
+
+def test_sampling_draws_in_the_proposal_box_and_finds_a_thin_region():
+    def sliver(u):  # 0.4 % of the ranges: a band 0.02 wide, 0.2 long
+        return ((u[:, 0] - u[:, 1] - 0.1).abs() < 0.01) & (u[:, 0] > 0.3) & (u[:, 0] < 0.5)
+
+    torch.manual_seed(0)
+    net = ObjectScaleNetwork(RANGE, ScaleNetworkConfig(max_candidates=4096))
+    g = torch.Generator().manual_seed(0)
+    u = net.draw_uniform(4096, g)
+    u = torch.cat([u, torch.rand(4096, 1, generator=g) * torch.tensor([[0.2, 0.2]]) + torch.tensor([[0.3, 0.2]])])
+    net.fit(u, sliver(u), steps=500, generator=g)
+    members = u[sliver(u)]
+    net.set_proposal_box(members)
+    assert net.proposal_low.tolist() == pytest.approx((members.amin(0) - 0.05).tolist())
+    drawn = net.sample(200, g)
+    assert not drawn.fell_back
+    assert ((drawn.u >= net.proposal_low) & (drawn.u <= net.proposal_high)).all()
+    # no valid members: back to the whole range
+    net.set_proposal_box(members[:0])
+    assert net.proposal_low.tolist() == [0.0, 0.0] and net.proposal_high.tolist() == [1.0, 1.0]
 
 
 def train(net: ObjectScaleNetwork, generator: torch.Generator, steps: int) -> None:

@@ -14,6 +14,8 @@ from conftest import command, latest_run, tiny_train_args
 
 STEPS, BOOTSTRAP, ROUND = 600, 300, 150
 MIN_TRAIN_PSNR = 20.0
+MIN_TRUTH_MARGIN = 0.0
+"""Log-scale distance the truth keeps from every bound of the labelled valid set."""
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,6 @@ def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trai
     from nerfstudio.utils.eval_utils import eval_setup
 
     from osn_nerfstudio.core.metrics import psnr
-    from osn_nerfstudio.core.validity import validity_cut
     from osn_nerfstudio.scripts.sample_configurations import sample_report
 
     _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="val")
@@ -50,13 +51,21 @@ def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trai
 
     report = sample_report(pipeline, num=50, seed=0)
     truth = report["ground_truth"]
-    # valid by the rule the labels use: the threshold, or within the tolerance of the best score seen
-    scores = torch.tensor([truth["exact_validity"]] + [c["exact_validity"] for c in report["configurations"]])
-    cut = validity_cut(scores, model.config.validity_threshold, model.config.validity_tolerance)
-    assert truth["exact_validity"] >= cut, (truth, cut)
+    # valid by the rule the labels use, with a margin in log-scale, and scored valid by the scale network
+    assert truth["valid"] and truth["margin"] >= MIN_TRUTH_MARGIN, truth
     assert truth["osn_score"] > 0.5, truth
-    valid = [c for c in report["configurations"] if c["exact_validity"] >= cut]
-    assert len(valid) >= 25, f"most sampled configurations should be exactly valid ({len(valid)}/50 reach {cut:.4f})"
+    valid = [c for c in report["configurations"] if c["valid"]]
+    assert len(valid) >= 45, f"sampled configurations should be valid by the labelling rule ({len(valid)}/50 are)"
+    # the rule and the network still reject what the video contradicts: any object at half or twice its true scale
+    # reverses occlusions between the objects (the tiny scene's orbiter passes in front of and behind the other)
+    cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
+    labelled = model.valid_set(cache).valid
+    for k in range(1, model.num_objects):
+        for factor in (0.5, 2.0):
+            moved = model.true_scales.clone()
+            moved[k] *= factor
+            assert not labelled.contains(moved.cpu()[None])[0], (k, factor)
+            assert model.scale_network.probability(moved[None])[0] < 0.5, (k, factor)
 
 
 def test_sample_command_writes_json_and_keeps_existing_files(trained_run: Path, tmp_path: Path):

@@ -9,8 +9,6 @@ from osn_nerfstudio.core.validity import (
     score_plan,
     soft_zbuffer,
     validity,
-    validity_cut,
-    validity_labels,
     zbuffer_winner,
 )
 
@@ -180,21 +178,3 @@ def test_soft_zbuffer_without_depth_preference_follows_accumulation():
     acc = torch.tensor([[0.2, 0.6, 0.2]])
     soft = soft_zbuffer(PLANES, acc, torch.ones(1, 3), beta=0.0, depth_unit=10.0)
     torch.testing.assert_close(soft[0, 0], acc[0])
-
-
-def test_validity_labels_threshold_and_top_fraction():
-    scores = torch.tensor([0.9, 0.5, 0.95, 0.2])
-    assert validity_labels(scores, 0.8, 0.25).tolist() == [True, False, True, False]
-    assert validity_labels(scores, 0.99, 0.25).tolist() == [False, False, True, False]
-    assert validity_labels(scores, 0.99, 0.5).tolist() == [True, False, True, False]
-    assert validity_labels(scores, 0.99, 0.0).tolist() == [False] * 4
-    # within the tolerance of the best score counts as valid even below the threshold
-    assert validity_labels(scores, 0.99, 0.0, tolerance=0.1).tolist() == [True, False, True, False]
-    assert validity_labels(scores, 0.99, 0.0, tolerance=0.01).tolist() == [False, False, True, False]
-
-
-def test_validity_cut_is_the_threshold_or_the_best_score_minus_the_tolerance():
-    scores = torch.tensor([0.90, 0.99, 0.95])
-    assert validity_cut(scores, 1.0, 0.01) == pytest.approx(0.98)
-    assert validity_cut(scores, 0.95, 0.01) == pytest.approx(0.95)
-    assert validity_cut(scores, 0.97, None) == pytest.approx(0.97)

@@ -42,8 +42,8 @@ def test_closest_to_truth_is_the_truth_clamped_and_none_without_truth():
 
 
 def test_readout_texts_give_scores_and_verdicts():
-    assert readout_texts(0.93, 0.9612, 0.95) == ("0.930 > 0.5: valid", "0.961 ≥ 0.950: valid")
-    assert readout_texts(0.2, 0.8, 0.95) == ("0.200 ≤ 0.5: invalid", "0.800 < 0.950: invalid")
+    assert readout_texts(0.93, 0.9612, 0.02) == ("0.930 > 0.5: valid", "0.961 explained: valid")
+    assert readout_texts(0.2, 0.8, -0.0314) == ("0.200 ≤ 0.5: invalid", "0.800 explained: invalid (0.031 past a bound)")
 
 
 def test_camera_view_looks_along_the_camera_from_behind_it():
@@ -79,16 +79,15 @@ def expected_readouts(pipeline, cache, scales):
 
     model = pipeline.model
     osn_score = float(model.scale_network.probability(scales[None])[0])
-    exact = float(validity(cache, scales.cpu()[None], model.config.min_accumulation)[0])
-    return osn_score, exact
+    exact = float(validity(cache, scales.cpu()[None], model.config.validity.min_accumulation)[0])
+    margin = float(model.valid_set(cache).valid.margins(scales.cpu()[None])[0])
+    return osn_score, exact, margin
 
 
 def check_readouts(pipeline, cache):
     controls = pipeline.viewer_controls
-    osn_score, exact = expected_readouts(pipeline, cache, pipeline.model.render_scales)
-    valid_from = controls.validity_reference().valid_from
-    assert (controls.osn_readout.value, controls.validity_readout.value) == readout_texts(osn_score, exact, valid_from)
-    assert valid_from <= pipeline.model.config.validity_threshold
+    expected = readout_texts(*expected_readouts(pipeline, cache, pipeline.model.render_scales))
+    assert (controls.osn_readout.value, controls.validity_readout.value) == expected
 
 
 def test_the_viewer_finds_sliders_buttons_and_readouts_in_order(pipeline):

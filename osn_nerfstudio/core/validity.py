@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, List
+from typing import List, Tuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from osn_nerfstudio.core.valid_set import ValidSet
 
 DEFAULT_CHUNK_ELEMENTS = 2**22
 """Configurations x rays compared per step for rays with several competitors (about 24 MiB of temporaries).
@@ -243,27 +245,163 @@ def validity(
     return score_plan(plan_validity(cache, min_accumulation), scales, chunk_elements)
 
 
-def validity_cut(scores: Float[Tensor, "C"], threshold: float, tolerance: Optional[float] = None) -> float:
-    """Lowest score counted valid before the ``min_fraction`` fallback of :func:`validity_labels`: the threshold,
-    or the best score minus ``tolerance`` when that is lower."""
-    if tolerance is None or scores.numel() == 0:
-        return threshold
-    return min(threshold, float(scores.max()) - tolerance)
+@dataclass
+class ValidityConfig:
+    """The rule that labels configurations valid for the scale network, and the candidates it labels (docs/method.md)."""
+
+    min_accumulation: float = 0.5
+    """Objects more transparent than this on a ray do not take part in its Z-buffer."""
+    tolerance: float = 0.01
+    """Fraction of the constraints that put one object in front of another (one pair, one order) a valid
+    configuration may break: rays that no configuration explains (floaters, mask errors) must not decide."""
+    min_tolerated: float = 3.0
+    """Constraint weight (about that many rays) tolerated per pair and order however few rays it has."""
+    uniform_candidates: int = 8192
+    """Labelled configurations drawn uniformly over the scale ranges at each refit (they teach what is invalid)."""
+    inside_candidates: int = 8192
+    """Labelled configurations drawn inside the valid set (however thin it is)."""
+    boundary_candidates: int = 8192
+    """Labelled configurations near the valid set's faces: members moved at random, landing on either side."""
+    boundary_spread: Tuple[float, float] = (0.002, 0.05)
+    """Range of the moves' standard deviation, in normalised log-scale (the scale network's input); each move draws
+    one log-uniformly, so that faces of thin sets and of wide ones both get close neighbours."""
 
 
-def validity_labels(
-    scores: Float[Tensor, "C"], threshold: float, min_fraction: float, tolerance: Optional[float] = None
-) -> Bool[Tensor, "C"]:
-    """Valid: scoring at least ``threshold``, or within ``tolerance`` of the best score (rays that no
-    configuration explains, e.g. a learned field's floaters, lower every score alike). If fewer than
-    ``min_fraction`` pass, the best ``ceil(min_fraction * C)`` instead, so the scale network always sees
-    some positives."""
-    if scores.numel() == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    valid = scores >= validity_cut(scores, threshold, tolerance)
-    num_required = min(math.ceil(min_fraction * scores.shape[0]), scores.shape[0])
-    if int(valid.sum()) >= num_required:
-        return valid
-    best = torch.zeros_like(valid)
-    best[scores.topk(num_required).indices] = True
-    return best
+@dataclass
+class PairConstraints:
+    """The constraints of a cache that put ``label`` in front of ``competitor``: the label wins each such ray iff
+    ``log s_label - log s_competitor < threshold``. The first ``discarded`` (tightest) ones are set aside."""
+
+    label: int
+    competitor: int
+    thresholds: Float[Tensor, "n"]
+    """Ascending ``log d_competitor - log d_label`` (float64)."""
+    weight: Float[Tensor, "n"]
+    discarded: int = 0
+
+    @property
+    def bound(self) -> float:
+        """The bound on ``log s_label - log s_competitor`` the kept constraints give (inf when none is kept)."""
+        return float(self.thresholds[self.discarded]) if self.discarded < len(self.thresholds) else math.inf
+
+    def tolerate(self, tolerance: float, min_tolerated: float) -> None:
+        """Set aside the tightest constraints up to ``max(min_tolerated, tolerance * total weight)``."""
+        allowed = max(min_tolerated, tolerance * float(self.weight.sum()))
+        self.discarded = int((self.weight.cumsum(0) <= allowed).sum())
+
+    def cost_to_raise(self, target: float) -> Tuple[float, int]:
+        """What raising the bound to ``target`` sets aside: the weight of the kept constraints below it, and the new
+        ``discarded``."""
+        position = torch.searchsorted(self.thresholds, torch.tensor([target], dtype=torch.float64))
+        end = max(self.discarded, int(position))
+        return float(self.weight[self.discarded : end].sum()), end
+
+
+def pair_constraints(cache: SupervisionCache, min_accumulation: float) -> List[PairConstraints]:
+    """Every (ray, competitor) constraint of the cache, grouped by (label, competitor).
+
+    Only contested rays give constraints: the label qualifies (``acc > min_accumulation``) and so does at least one
+    other object. A ray where the label does not qualify is wrong in every configuration and one where no other
+    object qualifies right in every one: neither says anything about the scales.
+    """
+    qualifies = cache.acc > min_accumulation
+    label_qualifies = qualifies.gather(1, cache.label[:, None])[:, 0]
+    log_depth = cache.depth.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+    label_log_depth = log_depth.gather(1, cache.label[:, None])[:, 0]
+    out = []
+    for label in range(cache.num_objects):
+        mine = label_qualifies & (cache.label == label)
+        for competitor in range(cache.num_objects):
+            rays = mine & qualifies[:, competitor] if competitor != label else None
+            if rays is None or not rays.any():
+                continue
+            thresholds = log_depth[rays, competitor] - label_log_depth[rays]
+            order = thresholds.argsort()
+            out.append(PairConstraints(label, competitor, thresholds[order], cache.weight[rays].double()[order]))
+    return out
+
+
+@dataclass
+class LabelledSet:
+    """What the validity rule made of a supervision cache."""
+
+    valid: ValidSet
+    """The configurations it labels valid."""
+    constraint_weight: float
+    """Total weight of the constraints the contested rays gave."""
+    tolerated_weight: float
+    """Weight of the constraints set aside as noise (each order of each pair up to the tolerance)."""
+    contradicted_weight: float
+    """Weight of further constraints set aside because they contradicted better supported ones."""
+
+
+def valid_set(cache: SupervisionCache, scale_range: Float[Tensor, "K 2"], config: ValidityConfig) -> LabelledSet:
+    """The configurations the validity rule labels valid on ``cache``.
+
+    Every ordered pair of objects gets one bound from its constraints, after its tightest ones up to the tolerance
+    are set aside; undisputed rays play no part, so a thin valid set stays thin however many of them there are.
+    Where the bounds contradict each other (or the scale ranges), so that no configuration would be valid, the
+    contradiction is a cycle of bounds summing below zero: the bound on it that the fewest rays support is relaxed
+    until the cycle closes, and so on until no cycle is left. Rays that ask for what nothing else allows (a fog of an
+    object's field over another's pixels) are set aside that way, and the truth stays in the set.
+    """
+    constraints = pair_constraints(cache, config.min_accumulation)
+    for pair in constraints:
+        pair.tolerate(config.tolerance, config.min_tolerated)
+    by_edge = {(pair.label, pair.competitor): pair for pair in constraints}
+    tolerated = sum(float(pair.weight[: pair.discarded].sum()) for pair in constraints)
+    caps = ValidSet.from_constraints(torch.full((cache.num_objects,) * 2, math.inf), scale_range).bounds
+    while True:
+        upper = torch.full((cache.num_objects,) * 2, math.inf, dtype=torch.float64)
+        for pair in constraints:
+            upper[pair.label, pair.competitor] = pair.bound
+        valid = ValidSet.from_constraints(upper, scale_range)
+        cycle = valid.negative_cycle()
+        if cycle is None:
+            break
+        _relax_cheapest(cycle, valid, by_edge, caps)
+    total = sum(float(pair.weight.sum()) for pair in constraints)
+    discarded = sum(float(pair.weight[: pair.discarded].sum()) for pair in constraints)
+    return LabelledSet(valid, total, tolerated, discarded - tolerated)
+
+
+def _relax_cheapest(cycle: List[Tuple[int, int]], valid: ValidSet, by_edge: dict, caps: Tensor) -> None:
+    """Set aside the fewest constraints (by weight) that close ``cycle``: raise one pair's bound by the cycle's
+    deficit. Where the scale ranges (``caps``) keep every such bound from rising that far, the pair that gains most
+    per weight set aside is raised to its cap, and a later round closes the rest."""
+    deficit = -sum(float(valid.bounds[i, j]) for i, j in cycle)
+    options = []
+    for i, j in cycle:
+        pair, cap = by_edge.get((i, j)), float(caps[i, j])
+        if pair is None or pair.bound >= cap:
+            continue  # the scale range is this bound: nothing to set aside
+        target = pair.bound + deficit
+        if target <= cap:
+            cost, end = pair.cost_to_raise(target)
+            options.append(((0, cost), pair, end))
+        else:
+            cost, end = pair.cost_to_raise(cap)
+            options.append(((1, -(cap - pair.bound) / max(cost, 1e-12)), pair, end))
+    if not options:
+        raise ValueError("the scale ranges alone leave no configuration valid; check the scene's scale ranges")
+    _, pair, end = min(options, key=lambda option: option[0])
+    pair.discarded = end
+
+
+def labelled_candidates(
+    valid: ValidSet, ranges, config: ValidityConfig, generator: torch.Generator
+) -> Tuple[Float[Tensor, "C Km1"], Bool[Tensor, "C"]]:
+    """Normalised configurations and their labels for fitting the scale network: uniform over the scale ranges,
+    inside the valid set, and near its faces (members moved at random in normalised log-scale)."""
+    num_inputs = valid.num_objects - 1
+    uniform = torch.rand(config.uniform_candidates, num_inputs, generator=generator, dtype=torch.float64)
+    parts = [uniform]
+    if not valid.is_empty():
+        inside = ranges.normalise(valid.sample(config.inside_candidates + config.boundary_candidates, generator))
+        inside, near = inside.split([config.inside_candidates, config.boundary_candidates])
+        low, high = (math.log(spread) for spread in config.boundary_spread)
+        spread = torch.exp(low + (high - low) * torch.rand(len(near), 1, generator=generator, dtype=near.dtype))
+        moved = near + spread * torch.randn(near.shape, generator=generator, dtype=near.dtype)
+        parts += [inside, moved.clamp(0.0, 1.0)]
+    u = torch.cat(parts)
+    return u.float(), valid.contains(ranges.denormalise(u))

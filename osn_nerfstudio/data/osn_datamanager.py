@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -84,20 +84,29 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         return bundle, batch
 
     def supervision_rays(
-        self, pixels_per_object: int, generator: torch.Generator, boundary_pixels_per_object: int = 0, boundary_width: int = 3
+        self,
+        pixels_per_object: int,
+        generator: torch.Generator,
+        boundary_pixels_per_object: int = 0,
+        boundary_width: int = 3,
+        label_gap: int = 0,
     ) -> Tuple[RayBundle, Tensor, Tensor]:
         """Rays that decide validity: every keypoint, up to ``pixels_per_object`` mask pixels of each object, and up
-        to ``boundary_pixels_per_object`` pixels of each foreground object within ``boundary_width`` pixels of
-        another foreground object (where the video shows which of the two is in front).
+        to ``boundary_pixels_per_object`` pixels of each object within ``boundary_width`` pixels of another object
+        (where the video shows which of the two is in front).
+
+        Mask pixels are only taken where their object is registered in their frame (elsewhere no render can place
+        it) and, with ``label_gap``, at least that many pixels away from any other label: a mask's outline is where
+        it is least certain (anti-aliasing, a segmenter's error) and where a learned field's silhouette is softest.
 
         Returns the rays, their object labels [R] and weights [R] (keypoint confidence, 1 for pixels).
         """
         meta = self.scene_metadata
         kp_bundle, kp_batch = self.keypoint_rays(torch.arange(len(meta.keypoint_weight)))
         ids = self.train_frames[1]
-        picks = [random_rows(torch.nonzero(ids == k), pixels_per_object, generator) for k in range(meta.num_objects)]
+        inside, near_other = supervision_masks(ids, meta.registered, meta.num_objects, label_gap, boundary_width)
+        picks = [random_rows(torch.nonzero(mask), pixels_per_object, generator) for mask in inside]
         if boundary_pixels_per_object > 0:
-            near_other = foreground_boundaries(ids, meta.num_objects, boundary_width)
             picks += [random_rows(torch.nonzero(near), boundary_pixels_per_object, generator) for near in near_other]
         frame, y, x = torch.cat(picks).unbind(-1)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
@@ -113,16 +122,30 @@ def random_rows(rows: Tensor, count: int, generator: torch.Generator) -> Tensor:
     return rows[torch.randperm(len(rows), generator=generator)[:count]]
 
 
-def foreground_boundaries(ids: Tensor, num_objects: int, width: int) -> list[Tensor]:
-    """For each foreground object k >= 1, [F, H, W] pixels of k within ``width`` pixels of another foreground
-    object (label >= 1, not k)."""
-    size = 2 * width + 1
-    boundaries = []
-    for k in range(1, num_objects):
-        others = ((ids >= 1) & (ids != k)).float()[:, None]
-        near = torch.nn.functional.max_pool2d(others, size, stride=1, padding=width)[:, 0] > 0
-        boundaries.append(near & (ids == k))
-    return boundaries
+def supervision_masks(
+    ids: Tensor, registered: Tensor, num_objects: int, gap: int, width: int
+) -> Tuple[List[Tensor], List[Tensor]]:
+    """Per object k, the [F, H, W] pixels that may supervise validity, and those of them near another object.
+
+    A pixel may supervise when it shows k, k is registered in its frame, and no other label (unknown included) lies
+    within ``gap`` pixels (8-neighbourhood). It is near another object when some other object's pixel lies within
+    ``gap + width`` pixels.
+    """
+    registered_here = registered[ids.clamp_min(0), torch.arange(len(ids))[:, None, None]] & (ids >= 0)
+    inside, near_other = [], []
+    for k in range(num_objects):
+        mine = ids == k
+        clear = mine if gap == 0 else ~within(~mine, gap)
+        clear &= registered_here
+        inside.append(clear)
+        near_other.append(clear & within((ids >= 0) & ~mine, gap + width))
+    return inside, near_other
+
+
+def within(mask: Tensor, distance: int) -> Tensor:
+    """[F, H, W] pixels with a pixel of ``mask`` within ``distance`` pixels (8-neighbourhood, Chebyshev distance)."""
+    size = 2 * distance + 1
+    return torch.nn.functional.max_pool2d(mask.float()[:, None], size, stride=1, padding=distance)[:, 0] > 0
 
 
 def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:

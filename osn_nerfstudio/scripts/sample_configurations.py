@@ -1,7 +1,8 @@
 """``osn-sample-configurations``: write N valid configurations of a trained OSN run to a JSON file.
 
-Each configuration lists its scales per object, its normalised log-scales, the scale network's score and
-its exact validity on freshly cached supervision rays. When the scene knows the true scales, the file also
+Each configuration lists its scales per object, its normalised log-scales, the scale network's score, its exact
+validity (the fraction of freshly cached supervision rays it explains) and the verdict of the rule the training
+labels with on that cache (``valid``, with the log-scale ``margin`` to the nearest bound of the valid set). When the scene knows the true scales, the file also
 scores the ground-truth configuration and names the sampled configuration closest to it.
 """
 
@@ -59,10 +60,12 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     CONSOLE.print("Rendering every object alone on the supervision rays ...")
     cache = model.supervision_cache_of(pipeline.datamanager, generator)
-    torch.manual_seed(seed)
-    result = model.scale_network.sample(num)
+    result = model.scale_network.sample(num, generator=generator)
     scales = result.scales.cpu()
-    exact = validity(cache, scales, model.config.min_accumulation)
+    min_accumulation = model.config.validity.min_accumulation
+    exact = validity(cache, scales, min_accumulation)
+    valid = model.valid_set(cache).valid
+    margins = valid.margins(scales)
     names = model.object_names
     report: Dict[str, Any] = {
         "objects": names,
@@ -77,6 +80,8 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
                 "normalised": result.u[i].tolist(),
                 "osn_score": float(result.probability[i]),
                 "exact_validity": float(exact[i]),
+                "valid": bool(margins[i] >= 0),
+                "margin": float(margins[i]),
             }
             for i in range(len(scales))
         ],
@@ -87,7 +92,9 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
         report["ground_truth"] = {
             "scales": {name: float(true[k]) for k, name in enumerate(names)},
             "osn_score": float(model.scale_network.probability(true.to(model.true_scales.device)[None])[0]),
-            "exact_validity": float(validity(cache, true[None], model.config.min_accumulation)[0]),
+            "exact_validity": float(validity(cache, true[None], min_accumulation)[0]),
+            "valid": bool(valid.contains(true[None])[0]),
+            "margin": float(valid.margins(true[None])[0]),
             "closest_index": int(distance.argmin()),
             "closest_max_log_ratio": float(distance.min()),
         }
