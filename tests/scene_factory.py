@@ -27,6 +27,7 @@ from osn_nerfstudio.data.scene_format import (
     Scene,
     SceneObject,
     TestView,
+    write_amodal_depth,
     write_depth,
     write_mask,
     write_rgb,
@@ -42,6 +43,7 @@ HALF_SIZES = np.array([[3.0, 2.0, 4.0], [0.6, 0.6, 0.6], [0.2, 0.25, 0.2]])
 COLOURS = np.array([[200, 200, 190], [220, 40, 30], [30, 60, 220]], dtype=np.float64)
 UNREGISTERED = (2, 0)
 """(object, frame) whose pose is unknown, as after a structure-from-motion failure."""
+AMODAL_DEPTH = "ground_truth/amodal_depth.npy"
 IGNORED_PIXEL = (3, 0, 0)
 """(frame, row, column) of the one pixel labelled with the ignore label."""
 
@@ -81,15 +83,16 @@ def _f32(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).astype(np.float64)
 
 
-def render(camera: np.ndarray, v: int, num_objects: int):
-    """Ray cast camera-to-background pose ``camera`` at frame v: (rgb uint8, labels, z-depth in background units)."""
+def render(camera: np.ndarray, v: int, num_objects: int, only: Optional[int] = None):
+    """Ray cast camera-to-background pose ``camera`` at frame v: (rgb uint8, labels, z-depth in background units);
+    with ``only``, that object alone (its amodal depth, inf where it is missed)."""
     u, w = np.meshgrid(np.arange(WIDTH) + 0.5, np.arange(HEIGHT) + 0.5)
     # OpenGL camera: x right, y up, looking along -z; a direction with z = -1 makes t the z-depth.
     directions = np.stack([(u - WIDTH / 2) / 20.0, -(w - HEIGHT / 2) / 20.0, -np.ones_like(u)], -1)
     depth = np.full((HEIGHT, WIDTH), np.inf)
     labels = np.zeros((HEIGHT, WIDTH), dtype=np.int64)
     shade = np.ones((HEIGHT, WIDTH))
-    for k in range(num_objects):
+    for k in range(num_objects) if only is None else [only]:
         # x = P_k(v) (X_camera / s_k): an affine map, so the ray parameter stays the z-depth.
         to_object = camera_to_object(k, v, camera)
         origin = to_object[:3, 3]
@@ -116,9 +119,12 @@ class SceneData:
     images: Dict[str, np.ndarray] = field(default_factory=dict)
     masks: Dict[str, np.ndarray] = field(default_factory=dict)
     depths: Dict[str, np.ndarray] = field(default_factory=dict)
+    amodal: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def write(self) -> Scene:
         root = self.scene.root
+        for relative, depth in self.amodal.items():
+            write_amodal_depth(root / relative, depth)
         for relative, rgb in self.images.items():
             write_rgb(root / relative, rgb)
         for relative, labels in self.masks.items():
@@ -199,9 +205,13 @@ def _evaluation(files: SceneData, num_frames: int, num_objects: int) -> Evaluati
         camera_to_background=pose,
         mask="test/00000_mask.png",
         depth="test/00000_depth.npy",
+        covisibility="test/00000_covisible.png",
     )
     files.images[view.image], files.masks[view.mask], files.depths[view.depth] = rgb, labels, z.astype(np.float32)
-    return Evaluation(test_views=[view], relative_scales=SCALES[:num_objects].copy())
+    files.masks[view.covisibility] = (labels != 2).astype(np.uint8) * 255  # say, the blue box was never seen
+    amodal = [[render(camera_to_background(f), f, num_objects, only=k)[2] for f in range(num_frames)] for k in range(num_objects)]
+    files.amodal[AMODAL_DEPTH] = np.array(amodal, dtype=np.float32)
+    return Evaluation(test_views=[view], relative_scales=SCALES[:num_objects].copy(), amodal_depth=AMODAL_DEPTH)
 
 
 def write_scene(root: Path, **options: Any) -> Scene:

@@ -218,6 +218,16 @@ def test_eval_images_carry_ground_truth_depth(scene_dir, scene):
     assert batch["object_id"].shape == (scene.camera.height, scene.camera.width, 1)
 
 
+def test_eval_images_carry_the_scenes_covisibility_masks(tmp_path):
+    scene = write_scene(tmp_path / "scene")
+    config = OSNDataManagerConfig(dataparser=OSNDataParserConfig(data=scene.root))
+    datamanager = config.setup(device="cpu", test_mode="test")
+    _, batch = datamanager.next_eval_image(0)
+    expected = read_mask(scene.path(scene.evaluation.test_views[0].covisibility)) != 0
+    assert torch.equal(batch["covisibility_mask"][..., 0], torch.from_numpy(expected))
+    assert not expected.all()
+
+
 def test_missing_data_uses_the_demo_scene(tmp_path, monkeypatch):
     monkeypatch.setenv("OSN_CACHE_DIR", str(tmp_path))
     parser = OSNDataParserConfig(demo=SMALL_DEMO).setup()

@@ -25,7 +25,7 @@ from osn_nerfstudio.data.demo_scene import (
     pixel_rays,
     render_view,
 )
-from osn_nerfstudio.data.scene_format import SceneFormatError, read_depth, read_mask
+from osn_nerfstudio.data.scene_format import SceneFormatError, read_amodal_depth, read_depth, read_mask
 from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.scripts import make_demo
 
@@ -132,6 +132,48 @@ def test_written_masks_and_depths_are_the_rendered_ground_truth(clean):
         view = render_view(world, world.test_camera_to_world(test_view.time, i), test_view.time, shade=False)
         assert np.array_equal(read_mask(scene.path(test_view.mask)), view.labels)
         assert np.allclose(read_depth(scene.path(test_view.depth)), view.depth / world.units[0], rtol=1e-6)
+
+
+def test_amodal_depth_is_every_object_alone_and_explains_the_video(clean):
+    scene, world = clean
+    amodal = read_amodal_depth(scene.path(scene.evaluation.amodal_depth))
+    assert amodal.shape == (scene.num_objects, scene.num_frames, scene.camera.height, scene.camera.width)
+    for v in (0, 9):
+        time = scene.frames[v].time
+        for k in range(scene.num_objects):
+            alone = render_view(world, world.camera_to_world(time), time, objects=[k], shade=False).depth
+            assert np.allclose(amodal[k, v], alone / world.units[0], rtol=1e-6)
+        # the nearest object alone is the one the video shows, at the depth it shows
+        assert np.array_equal(amodal[:, v].argmin(0), scene.load_mask(v))
+        assert np.allclose(amodal[:, v].min(0), read_depth(scene.path(scene.frames[v].depth)), rtol=1e-6)
+
+
+def test_exact_valid_set_holds_the_truth_and_every_configuration_that_explains_every_pixel(clean):
+    import torch
+
+    from osn_nerfstudio.core.validity import validity
+    from osn_nerfstudio.data.ground_truth import exact_cache, exact_valid_set
+
+    scene, _ = clean
+    truth = torch.from_numpy(scene.evaluation.relative_scales)
+    ranges = torch.stack([truth / 4, truth * 4], dim=1)
+    ranges[0] = 1.0
+    exact = exact_valid_set(scene, ranges)
+    assert exact.contains(truth[None]).all()
+    # brute force: a configuration is in the set iff the Z-buffer of the true depths shows every pixel's object
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.cat([exact.sample(300, g), truth * torch.exp(0.3 * torch.randn(700, len(truth), generator=g))])
+    candidates[:, 0] = 1.0
+    candidates = torch.minimum(torch.maximum(candidates, ranges[:, 0]), ranges[:, 1])
+    explains_all = validity(exact_cache(scene), candidates, 0.5) >= 1.0 - 1e-12
+    assert torch.equal(exact.contains(candidates), explains_all)
+    assert explains_all[:300].all() and not explains_all[300:].all()
+    # every orbiter at half or twice its scale swaps places with the centre object where they overlap
+    for k in range(2, scene.num_objects):
+        for factor in (0.5, 2.0):
+            moved = truth.clone()
+            moved[k] *= factor
+            assert not exact.contains(moved[None]).any(), (k, factor)
 
 
 def test_keypoint_depth_in_object_units_matches_ground_truth(clean):

@@ -284,6 +284,10 @@ BAD_SCENES = [
     _case("depth-wrong-shape", _save_array("depth/00001.npy", np.ones((16, 12), np.float32)), "frame 1", "depth/00001.npy", "[16, 12]", "expected [12, 16]"),
     _case("depth-negative", _save_array("depth/00002.npy", -np.ones((12, 16), np.float32)), "frame 2", "depth/00002.npy", "negative"),
     _case("test-view-depth-wrong-shape", _save_array("test/00000_depth.npy", np.ones((3,), np.float32)), "evaluation.test_views[0]", "test/00000_depth.npy", "[3]"),
+    _case("test-view-covisibility-wrong-size", _image("test/00000_covisible.png", np.zeros((12, 15), np.uint8)), "evaluation.test_views[0]", "co-visibility mask", "15x12"),
+    _case("amodal-depth-missing", _remove("ground_truth/amodal_depth.npy"), "evaluation.amodal_depth", "missing"),
+    _case("amodal-depth-wrong-shape", _save_array("ground_truth/amodal_depth.npy", np.ones((3, 4, 16, 12), np.float32)), "evaluation.amodal_depth", "[3, 4, 16, 12]", "expected [3, 4, 12, 16]"),
+    _case("amodal-depth-negative", _save_array("ground_truth/amodal_depth.npy", -np.ones((3, 4, 12, 16), np.float32)), "evaluation.amodal_depth", "negative"),
 ]
 # fmt: on
 

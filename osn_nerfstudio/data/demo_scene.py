@@ -42,6 +42,7 @@ from osn_nerfstudio.data.scene_format import (
     TestView,
     read_scene,
     staged_directory,
+    write_amodal_depth,
     write_depth,
     write_mask,
     write_rgb,
@@ -52,7 +53,7 @@ from osn_nerfstudio.data.validation import validate_scene
 CONSOLE = Console(stderr=True)
 """Progress and log messages go to stderr, so callers can capture a printed scene path from stdout."""
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever the output for a given config changes, so that cached demo scenes are regenerated."""
 TOOL_NAME = "osn-make-demo"
 SHAPES = ("box", "sphere", "cylinder", "ellipsoid")
@@ -69,6 +70,7 @@ ORBITER_CLEARANCE = 0.6
 """Neighbouring orbiters' centres stay 2x this apart (metres); their bounding spheres are under 0.55."""
 AMBIENT = 0.45
 """Share of an albedo lit regardless of the surface normal."""
+AMODAL_DEPTH_FILE = "ground_truth/amodal_depth.npy"
 BBOX_MARGIN = 1.02
 """Bounding boxes are the primitive's extent grown by 2 % so surface points lie strictly inside."""
 
@@ -677,25 +679,28 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _texture_strength(rgb: np.ndarray) -> np.ndarray:
+def texture_strength(rgb: np.ndarray) -> np.ndarray:
     """[H, W] image gradient magnitude: keypoint detectors favour textured pixels."""
     grey = rgb.mean(axis=2).astype(np.float32)
     return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
 
 
-def _keypoint_pixels(labels: np.ndarray, strength: np.ndarray, k: int, count: int, rng: np.random.Generator):
-    """Sub-pixel positions of up to ``count`` keypoints on object k's visible interior, favouring texture."""
+def keypoint_pixels(
+    labels: np.ndarray, strength: np.ndarray, k: int, count: int, rng: np.random.Generator, jitter: float = 0.4
+) -> np.ndarray:
+    """[n, 2] (u, v) positions of up to ``count`` keypoints on object k's visible interior, favouring texture:
+    pixel centres moved by up to ``jitter`` pixels."""
     interior = cv2.erode((labels == k).astype(np.uint8), np.ones((3, 3), np.uint8))  # off occlusion boundaries
     rows, cols = np.nonzero(interior)
     if rows.size == 0:
         return np.zeros((0, 2))
     preference = strength[rows, cols] + 0.1 * strength[rows, cols].mean() + 1e-6
     pick = rng.choice(rows.size, size=min(count, rows.size), replace=False, p=preference / preference.sum())
-    jitter = rng.uniform(-0.4, 0.4, size=(pick.size, 2))
-    return np.stack([cols[pick], rows[pick]], axis=1) + 0.5 + jitter
+    offset = rng.uniform(-jitter, jitter, size=(pick.size, 2)) if jitter > 0 else 0.0
+    return np.stack([cols[pick], rows[pick]], axis=1) + 0.5 + offset
 
 
-def _noisy_depths(depth: np.ndarray, noise: float, rng: np.random.Generator):
+def noisy_depths(depth: np.ndarray, noise: float, rng: np.random.Generator):
     """Depths with log-normal noise and weights from a simulated reprojection error: std = noise / sqrt(weight)."""
     error = np.abs(rng.normal(size=depth.shape))  # reprojection error in units of its std
     weight = 1.0 / (1.0 + error**2)
@@ -706,9 +711,9 @@ def _frame_keypoints(world: DemoWorld, frame: int, camera_to_world: np.ndarray, 
     """Keypoints of every object visible in a frame, depths in object units from exact sub-pixel rays."""
     config = world.config
     rng = np.random.default_rng([config.seed, 1, frame])
-    strength = _texture_strength(view.rgb)
+    strength = texture_strength(view.rgb)
     uv_per_object = [
-        _keypoint_pixels(view.labels, strength, k, config.keypoints_per_object_per_frame, rng)
+        keypoint_pixels(view.labels, strength, k, config.keypoints_per_object_per_frame, rng)
         for k in range(world.num_objects)
     ]
     object_id = np.concatenate([np.full(len(uv), k) for k, uv in enumerate(uv_per_object)]).astype(np.int64)
@@ -717,7 +722,7 @@ def _frame_keypoints(world: DemoWorld, frame: int, camera_to_world: np.ndarray, 
     _, depth, labels = cast_rays(world, time, *pixel_rays(world.camera, camera_to_world, uv), shade=False)
     keep = labels == object_id  # a sub-pixel ray may graze past a thin silhouette
     object_id, uv, depth = object_id[keep], uv[keep], depth[keep]
-    depth, weight = _noisy_depths(depth / world.units[object_id], config.keypoint_depth_noise, rng)
+    depth, weight = noisy_depths(depth / world.units[object_id], config.keypoint_depth_noise, rng)
     return Keypoints(object_id=object_id, frame=np.full(object_id.size, frame), uv=uv, depth=depth, weight=weight)
 
 
@@ -771,17 +776,20 @@ def _concatenate(parts: List[Keypoints]) -> Keypoints:
     )
 
 
-def _render_frame(world: DemoWorld, root: Path, frame: int) -> Tuple[Frame, Keypoints, np.ndarray]:
-    """Write a training frame's files; return its entry, keypoints and [K, 4, 4] written poses."""
+def _render_frame(world: DemoWorld, root: Path, frame: int) -> Tuple[Frame, Keypoints, np.ndarray, np.ndarray]:
+    """Write a training frame's files; return its entry, keypoints, [K, 4, 4] written poses and [K, H, W] amodal
+    depth (background units)."""
     time = world.frame_time(frame)
     camera_to_world = world.camera_to_world(time)
     view = render_view(world, camera_to_world, time, supersampling=world.config.supersampling)
     image, mask, depth = _write_view(root, f"{frame:05d}", view, world.units[0])
     keypoints = _frame_keypoints(world, frame, camera_to_world, view)
+    alone = [render_view(world, camera_to_world, time, objects=[k], shade=False).depth for k in range(world.num_objects)]
     return (
         Frame(image=image, mask=mask, time=time, depth=depth),
         keypoints,
         _written_poses(world, frame, camera_to_world),
+        np.stack(alone) / world.units[0],
     )
 
 
@@ -801,9 +809,9 @@ def _render_scene(world: DemoWorld, root: Path) -> Scene:
     test_frames = range(0, config.num_frames, config.test_view_every)
     with Progress(console=CONSOLE, transient=True) as progress:
         task = progress.add_task("Rendering the demo scene", total=config.num_frames + len(test_frames))
-        frames, keypoints, poses = [], [], []
+        frames, keypoints, poses, amodal = [], [], [], []
         for v in range(config.num_frames):
-            for results, result in zip((frames, keypoints, poses), _render_frame(world, root, v)):
+            for results, result in zip((frames, keypoints, poses, amodal), _render_frame(world, root, v)):
                 results.append(result)
             progress.advance(task)
         test_views = []
@@ -829,9 +837,12 @@ def _render_scene(world: DemoWorld, root: Path) -> Scene:
         camera_to_object=camera_to_object,
         registered=registered,
         keypoints=all_keypoints,
-        evaluation=Evaluation(test_views=test_views, relative_scales=world.relative_scales),
+        evaluation=Evaluation(
+            test_views=test_views, relative_scales=world.relative_scales, amodal_depth=AMODAL_DEPTH_FILE
+        ),
         provenance=_provenance(config),
     )
+    write_amodal_depth(root / AMODAL_DEPTH_FILE, np.stack(amodal, axis=1))
     write_scene_metadata(scene)
     return scene
 

@@ -133,6 +133,8 @@ class OSNDataParser(DataParser):
         }
         if split != "train" and all(v.depth is not None for v in views):
             outputs_metadata["depth_filenames"] = [v.depth for v in views]
+        if split != "train" and all(v.covisibility is not None for v in views):
+            outputs_metadata["covisibility_filenames"] = [v.covisibility for v in views]
         bbox = torch.stack([torch.from_numpy(scene.objects[0].bbox_min), torch.from_numpy(scene.objects[0].bbox_max)])
         return DataparserOutputs(
             image_filenames=[v.image for v in views],
@@ -160,6 +162,8 @@ class View:
     camera_to_world: np.ndarray
     time: float
     """Time in the scene's own unit (seconds)."""
+    covisibility: Optional[Path] = None
+    """Mask of the pixels a training frame also shows (test views of generated scenes)."""
 
 
 def frame_views(scene: Scene, frames) -> List[View]:
@@ -184,6 +188,7 @@ def test_view_views(scene: Scene) -> List[View]:
             depth=scene.path(t.depth) if t.depth else None,
             camera_to_world=t.camera_to_background,
             time=t.time,
+            covisibility=scene.path(t.covisibility) if t.covisibility else None,
         )
         for t in scene.evaluation.test_views
     ]

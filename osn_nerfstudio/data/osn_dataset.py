@@ -1,4 +1,4 @@
-"""Dataset adding per-pixel object ids (and ground-truth depth on evaluation splits) to each image."""
+"""Dataset adding per-pixel object ids (and ground-truth depth and co-visibility on evaluation splits) to each image."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ class OSNDataset(InputDataset):
         out = {"object_id": self._object_ids(self.metadata["mask_filenames"][index], height, width)}
         if "depth_filenames" in self.metadata:
             out["gt_depth"] = self._depth(self.metadata["depth_filenames"][index], height, width)
+        if "covisibility_filenames" in self.metadata:
+            covisible = read_mask(self.metadata["covisibility_filenames"][index]) != 0
+            out["covisibility_mask"] = torch.from_numpy(covisible)[..., None]
         return out
 
     def _object_ids(self, path: Path | None, height: int, width: int) -> torch.Tensor:

@@ -234,6 +234,8 @@ class TestView:
     """[4, 4] camera-to-background pose (OpenGL axes), in background units."""
     mask: Optional[str] = None
     depth: Optional[str] = None
+    covisibility: Optional[str] = None
+    """Mask of the pixels whose surface some training frame shows (nonzero); evaluation scores only those."""
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -245,6 +247,8 @@ class TestView:
             out["mask"] = self.mask
         if self.depth is not None:
             out["depth"] = self.depth
+        if self.covisibility is not None:
+            out["covisibility"] = self.covisibility
         return out
 
     @staticmethod
@@ -256,6 +260,7 @@ class TestView:
             camera_to_background=_matrix(data, "camera_to_background"),
             mask=_optional_string(data, "mask"),
             depth=_optional_string(data, "depth"),
+            covisibility=_optional_string(data, "covisibility"),
         )
 
 
@@ -266,11 +271,17 @@ class Evaluation:
     test_views: List[TestView] = field(default_factory=list)
     relative_scales: Optional[np.ndarray] = None
     """[K] true scale of each object relative to the background (entry 0 is 1)."""
+    amodal_depth: Optional[str] = None
+    """Relative path of a ``.npy`` [K, F, H, W] float32 array: the z-depth (background units) of each object alone at
+    its true scale in every frame, inf where it does not cover the pixel. What only a generator knows: with it the
+    scene's exact valid set can be computed."""
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"test_views": [v.to_json() for v in self.test_views]}
         if self.relative_scales is not None:
             out["relative_scales"] = _floats(self.relative_scales)
+        if self.amodal_depth is not None:
+            out["amodal_depth"] = self.amodal_depth
         return out
 
     @staticmethod
@@ -280,6 +291,7 @@ class Evaluation:
         return Evaluation(
             test_views=[_parse_at(f"test_views[{i}]", TestView.from_json, v) for i, v in enumerate(views)],
             relative_scales=None if data.get("relative_scales") is None else _vector(data, "relative_scales"),
+            amodal_depth=_optional_string(data, "amodal_depth"),
         )
 
 
@@ -392,6 +404,26 @@ def write_mask(path: Path, labels: np.ndarray) -> None:
         Image.fromarray(labels.astype(np.uint8)).save(path)
     else:
         Image.fromarray(labels.astype(np.uint16)).save(path)
+
+
+def read_amodal_depth(path: Path) -> np.ndarray:
+    """[K, F, H, W] float32 amodal depth of every object in every frame, memory-mapped from its ``.npy`` file."""
+    try:
+        depth = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise SceneFormatError(f"{path}: cannot read the amodal depth ({err}).") from err
+    if depth.ndim != 4 or depth.dtype != np.float32:
+        raise SceneFormatError(f"{path}: amodal depth must be a [K, F, H, W] float32 array, found {list(depth.shape)} {depth.dtype}.")
+    return depth
+
+
+def write_amodal_depth(path: Path, depth: np.ndarray) -> None:
+    """Write [K, F, H, W] amodal z-depth (inf where an object does not cover a pixel) as float32 ``.npy``."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 4:
+        raise ValueError(f"{path}: amodal depth must have shape [K, F, H, W], found {list(depth.shape)}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, depth)
 
 
 def write_depth(path: Path, depth: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from osn_nerfstudio.data.scene_format import (
     SCENE_FILE,
     Scene,
     SceneFormatError,
+    read_amodal_depth,
     read_depth,
     read_mask,
     read_scene,
@@ -322,6 +323,19 @@ def _check_mask(scene: Scene, where: str, relative: str) -> Optional[str]:
     return None
 
 
+def _check_covisibility(scene: Scene, where: str, relative: str) -> Optional[str]:
+    path = scene.path(relative)
+    if not path.is_file():
+        return f"{where}: co-visibility mask {relative} is missing."
+    try:
+        mask = read_mask(path)
+    except SceneFormatError as err:
+        return f"{where}: co-visibility mask {relative}: {str(err).removeprefix(f'{path}: ')}"
+    if mask.shape != (scene.camera.height, scene.camera.width):
+        return f"{where}: co-visibility mask {relative} is {mask.shape[1]}x{mask.shape[0]} but the camera is {scene.camera.width}x{scene.camera.height}."
+    return None
+
+
 def _check_depth(scene: Scene, where: str, relative: str) -> Optional[str]:
     path = scene.path(relative)
     if not path.is_file():
@@ -334,6 +348,22 @@ def _check_depth(scene: Scene, where: str, relative: str) -> Optional[str]:
         return f"{where}: depth {relative} has shape {list(depth.shape)}, expected [{scene.camera.height}, {scene.camera.width}] (height, width)."
     if np.any(np.isnan(depth)) or np.any(depth < 0):
         return f"{where}: depth {relative} has NaN or negative values (use 0 or inf for pixels without depth)."
+    return None
+
+
+def _check_amodal_depth(scene: Scene, relative: str) -> Optional[str]:
+    where, path = f"{SCENE_FILE}: evaluation.amodal_depth", scene.path(relative)
+    if not path.is_file():
+        return f"{where}: file {relative} is missing."
+    try:
+        depth = read_amodal_depth(path)
+    except SceneFormatError as err:
+        return f"{where}: {str(err).removeprefix(f'{path}: ')}"
+    expected = (scene.num_objects, scene.num_frames, scene.camera.height, scene.camera.width)
+    if depth.shape != expected:
+        return f"{where}: {relative} has shape {list(depth.shape)}, expected {list(expected)} (objects, frames, height, width)."
+    if np.isnan(depth).any() or (depth < 0).any():
+        return f"{where}: {relative} has NaN or negative values (use inf where an object does not cover a pixel)."
     return None
 
 
@@ -352,6 +382,8 @@ def _check_test_view_files(scene: Scene) -> List[str]:
     if scene.evaluation is None:
         return []
     problems = []
+    if scene.evaluation.amodal_depth is not None:
+        problems += [p for p in [_check_amodal_depth(scene, scene.evaluation.amodal_depth)] if p]
     for i, view in enumerate(scene.evaluation.test_views):
         where = f"evaluation.test_views[{i}]"
         checks = [_check_image(scene, where, view.image)]
@@ -359,5 +391,7 @@ def _check_test_view_files(scene: Scene) -> List[str]:
             checks.append(_check_mask(scene, where, view.mask))
         if view.depth is not None:
             checks.append(_check_depth(scene, where, view.depth))
+        if view.covisibility is not None:
+            checks.append(_check_covisibility(scene, where, view.covisibility))
         problems += [c for c in checks if c]
     return problems
