@@ -154,7 +154,7 @@ def samples_per_ray(pipeline: VanillaPipeline) -> int:
     enter_phase(model, "alternation")
     ray_bundle, _ = pipeline.datamanager.next_train(0)
     with torch.no_grad():
-        return int(model.sample_objects(ray_bundle[:8], model.scales_per_ray(8, "cpu")).density.shape[-1])
+        return int(model.sample_objects(ray_bundle[:8], model.scales_per_ray(8, "cpu"))[0].density.shape[-1])
 
 
 def main(args: BenchmarkArgs) -> None:

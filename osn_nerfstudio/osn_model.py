@@ -20,15 +20,23 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.progress import track
 
 from osn_nerfstudio.core import metrics as metrics_lib
-from osn_nerfstudio.core.compositing import AloneOutputs, CompositeOutputs, ObjectSamples, composite, render_alone
+from osn_nerfstudio.core.compositing import (
+    AloneOutputs,
+    CompositeOutputs,
+    ObjectSamples,
+    composite,
+    distortion,
+    render_alone,
+)
 from osn_nerfstudio.core.geometry import interpolate_poses, intersect_aabb, normalise_to_box, rays_in_objects
 from osn_nerfstudio.core.validity import (
     LabelledSet,
@@ -38,7 +46,7 @@ from osn_nerfstudio.core.validity import (
     valid_set,
 )
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
-from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
+from osn_nerfstudio.fields.object_fields import ObjectExtent, ObjectFields, ObjectFieldsConfig
 from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
 
 
@@ -58,6 +66,11 @@ class OSNModelConfig(ModelConfig):
     num_fine_samples: int = 16
     """Samples per object and ray drawn from the coarse weights (nerfstudio's PDF sampler); the coarse ones
     are kept too."""
+    background_coarse_samples: Optional[int] = None
+    """Stratified samples per ray in the background's box (None: ``num_coarse_samples``): a room seen from inside
+    spans metres of every ray where a ball spans centimetres."""
+    background_fine_samples: Optional[int] = None
+    """PDF samples per ray in the background's box (None: ``num_fine_samples``)."""
     background_color: Literal["black", "white"] = "black"
     """Colour behind everything, for rays that leave every object."""
     bootstrap_steps: int = 1000
@@ -95,6 +108,9 @@ class OSNModelConfig(ModelConfig):
     """NLL of the labelled object's share of the composite weights (phase 2)."""
     alone_loss_phase2: float = 0.1
     """Factor on the alone losses during phase 2 (they keep the Z-buffer's per-object depths sharp)."""
+    distortion_loss_mult: float = 0.0
+    """mip-NeRF 360's distortion of each object's weights alone (along its rays, as a fraction of its box's
+    diagonal): gathers density into surfaces instead of fog."""
     regularisation_mult: float = 0.0
     """Weight of the fields' own regulariser (total variation of grids)."""
     render_frame: float = 0.0
@@ -132,7 +148,7 @@ class OSNModel(Model):
         self.register_buffer("true_scales", true.clone())
         self.register_buffer("render_scales", torch.ones(self.num_objects))
         self.register_buffer("train_scales", torch.ones(self.config.configurations_per_batch, self.num_objects))
-        self.fields = ObjectFields(self.num_objects, self.config.fields)
+        self.fields = ObjectFields(self.num_objects, self.config.fields, object_extents(meta), meta.focal)
         for parameter in self.fields.parameters():
             parameter.register_hook(zero_non_finite)
         self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
@@ -194,8 +210,9 @@ class OSNModel(Model):
         scales: Float[Tensor, "R K"],
         active: Optional[Bool[Tensor, "R K"]] = None,
         clip_near: bool = True,
-    ) -> ObjectSamples:
-        """Samples of every object inside its box along every ray, with the fields evaluated there.
+    ) -> Tuple[ObjectSamples, Bool[Tensor, "R K"]]:
+        """Samples of every object inside its box along every ray, with the fields evaluated there, and whether each
+        object is present on each ray (registered in a frame next to the ray's).
 
         Only (ray, object) pairs where the ray meets the object's box (and ``active`` allows) are evaluated;
         the others get zero density. With ``clip_near`` nothing is sampled closer to the camera than the
@@ -220,33 +237,50 @@ class OSNModel(Model):
             nears=nears[rays, objects, None],
             fars=fars[rays, objects, None],
         )
-        samples, density, rgb = self.sample_in_boxes(pair_rays, objects)
+        # the background's pairs come first (pairs are in object order), and may have their own sample budget
+        num_background = int((objects == 0).sum())
+        groups = [
+            (slice(0, num_background), self.config.background_coarse_samples, self.config.background_fine_samples),
+            (slice(num_background, len(objects)), None, None),
+        ]
+        blocks = [self.sample_in_boxes(pair_rays[part], objects[part], coarse, fine) for part, coarse, fine in groups]
+        width = max(block[0].shape[-1] for block in blocks)
+        starts, ends, density, rgb = (torch.cat([pad_samples(block[i], width) for block in blocks]) for i in range(4))
         # every pair's samples go to its (ray, object) slot of the dense [R, K, N] layout; the rest stay empty
         slots, num_slots = rays * K + objects, num_rays * K
-        return ObjectSamples(
-            starts=to_slots(samples.frustums.starts[..., 0], slots, num_slots).view(num_rays, K, -1),
-            ends=to_slots(samples.frustums.ends[..., 0], slots, num_slots).view(num_rays, K, -1),
+        object_samples = ObjectSamples(
+            starts=to_slots(starts, slots, num_slots).view(num_rays, K, -1),
+            ends=to_slots(ends, slots, num_slots).view(num_rays, K, -1),
             density=to_slots(density, slots, num_slots).view(num_rays, K, -1),
             rgb=to_slots(rgb, slots, num_slots).view(num_rays, K, -1, 3),
         )
+        return object_samples, present
 
-    def sample_in_boxes(self, pair_rays: RayBundle, objects: Tensor) -> Tuple[RaySamples, Tensor, Tensor]:
+    def sample_in_boxes(
+        self, pair_rays: RayBundle, objects: Tensor, num_coarse: Optional[int] = None, num_fine: Optional[int] = None
+    ) -> Tuple[Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N 3"]]:
         """Stratified samples inside each ray's object box, then PDF samples from their weights; fields at all of them.
 
         ``pair_rays`` are rays in object space grouped by object (``objects`` [P], non-decreasing): nerfstudio's
-        samplers run once on all of them, each object's field once on its block.
+        samplers run once on all of them, each object's field once on its block. Returns every sample's interval
+        (starts, ends), density and colour; ``num_coarse`` and ``num_fine`` (None: the config's) set the budget.
         """
+        num_coarse = num_coarse or self.config.num_coarse_samples
+        num_fine = num_fine or self.config.num_fine_samples
+        if len(objects) == 0:
+            empty = pair_rays.origins.new_zeros(0, num_coarse + num_fine + 1)
+            return empty, empty, empty, empty[..., None].expand(-1, -1, 3)
         counts = torch.bincount(objects, minlength=self.num_objects).tolist()
-        coarse = self.coarse_sampler(pair_rays)
+        coarse = self.coarse_sampler(pair_rays, num_samples=num_coarse)
         # the PDF sampler detaches its bins, so the coarse densities never need gradients
         with torch.no_grad():
             coarse_density = self.object_densities(self.unit_points(objects, coarse.frustums.get_positions()), counts)
-        fine = self.fine_sampler(pair_rays, coarse, coarse.get_weights(coarse_density[..., None]))
+        fine = self.fine_sampler(pair_rays, coarse, coarse.get_weights(coarse_density[..., None]), num_samples=num_fine)
         # one direction per ray: the fields encode it once for all the ray's samples
         density, rgb = self.object_radiance(
             self.unit_points(objects, fine.frustums.get_positions()), pair_rays.directions[:, None, :], counts
         )
-        return fine, density, rgb
+        return fine.frustums.starts[..., 0], fine.frustums.ends[..., 0], density, rgb
 
     def object_densities(self, points: Float[Tensor, "P N 3"], counts: List[int]) -> Float[Tensor, "P N"]:
         """Each object's density at its block of pairs (``counts`` pairs per object, in object order)."""
@@ -280,10 +314,14 @@ class OSNModel(Model):
     def get_outputs(self, ray_bundle: RayBundle, active: Optional[Tensor] = None, clip_near: bool = True) -> Dict[str, Tensor]:
         num_rays = ray_bundle.origins.shape[0]
         scales = self.scales_per_ray(num_rays, ray_bundle.origins.device)
-        samples = self.sample_objects(ray_bundle, scales, active, clip_near)
+        samples, present = self.sample_objects(ray_bundle, scales, active, clip_near)
         mixed = composite(samples, scales, self.background)
         alone = render_alone(samples)
-        return self.collect_outputs(ray_bundle, scales, mixed, alone)
+        outputs = {**self.collect_outputs(ray_bundle, scales, mixed, alone), "present": present}
+        if self.training and self.config.distortion_loss_mult > 0:
+            diagonal = (self.bbox_max - self.bbox_min).norm(dim=-1)
+            outputs["alone_distortion"] = distortion(alone.weights, samples.starts, samples.ends) / diagonal
+        return outputs
 
     def get_training_outputs(self, ray_bundle: RayBundle, batch: Dict) -> Dict[str, Tensor]:
         """Training forward pass: during the bootstrap each ray renders its labelled object and the foreground
@@ -343,8 +381,9 @@ class OSNModel(Model):
         labels = batch["object_id"][:, 0].to(device).long()
         kp_weight = batch.get("keypoint_weight", torch.zeros_like(labels, dtype=torch.float)).to(device)
         kp_depth = batch.get("keypoint_depth", torch.zeros_like(kp_weight)).to(device)
-        labelled = labels >= 0
         label_index = labels.clamp_min(0)[:, None]
+        # a pixel of an unknown object, or of one not registered in its frame, shows what no render can place
+        known = (labels >= 0) & outputs["present"].gather(1, label_index)[:, 0]
         directions_norm = outputs["directions_norm"][:, 0]
         # keypoint z-depth (own units) as a distance along the unit-length object-space ray
         kp_distance = kp_depth * directions_norm
@@ -353,36 +392,39 @@ class OSNModel(Model):
         alone_acc = outputs["alone_accumulation"].gather(1, label_index)[:, 0]
         alone_depth = outputs["alone_depth"].gather(1, label_index)[:, 0]
         losses = {
-            "alone_rgb": masked_mean((alone_rgb - image).pow(2).sum(-1), labelled) * self.config.alone_rgb_loss_mult,
-            "alone_accumulation": masked_mean((1 - alone_acc).pow(2), labelled) * self.config.alone_accumulation_loss_mult,
+            "alone_rgb": masked_mean((alone_rgb - image).pow(2).sum(-1), known) * self.config.alone_rgb_loss_mult,
+            "alone_accumulation": masked_mean((1 - alone_acc).pow(2), known) * self.config.alone_accumulation_loss_mult,
             "alone_keypoint_depth": weighted_relative_error(alone_depth, kp_distance, kp_weight)
             * self.config.keypoint_depth_loss_mult,
         }
         if self.config.carving_loss_mult > 0:
             others = outputs["alone_accumulation"][:, 1:].scatter(1, (label_index - 1).clamp_min(0), 0.0)
             others = torch.where((labels >= 1)[:, None], others, outputs["alone_accumulation"][:, 1:])
-            losses["carving"] = masked_mean(others.sum(-1), labelled) * self.config.carving_loss_mult
+            losses["carving"] = masked_mean(others.sum(-1), known) * self.config.carving_loss_mult
         if self.phase(self.step) == "alternation" or not self.training:
             for key in losses:
                 losses[key] = losses[key] * self.config.alone_loss_phase2
             scale_of_label = outputs["scales"].gather(1, label_index)[:, 0]
             share = outputs["object_weights"].gather(1, label_index)[:, 0] / outputs["accumulation"][:, 0].clamp_min(1e-6)
-            losses["rgb"] = F.mse_loss(outputs["rgb"], image) * self.config.rgb_loss_mult
+            losses["rgb"] = masked_mean((outputs["rgb"] - image).pow(2).mean(-1), known) * self.config.rgb_loss_mult
             losses["keypoint_depth"] = (
                 weighted_relative_error(outputs["depth"][:, 0], scale_of_label * kp_distance, kp_weight)
                 * self.config.keypoint_depth_loss_mult
             )
             losses["segmentation"] = (
-                masked_mean(-torch.log(share.clamp(1e-6, 1.0)), labelled) * self.config.segmentation_loss_mult
+                masked_mean(-torch.log(share.clamp(1e-6, 1.0)), known) * self.config.segmentation_loss_mult
             )
+        if "alone_distortion" in outputs:
+            losses["distortion"] = outputs["alone_distortion"].sum(-1).mean() * self.config.distortion_loss_mult
         if self.training and self.config.regularisation_mult > 0:
             losses["regularisation"] = self.fields.regularisation() * self.config.regularisation_mult
         return losses
 
     # ---------------------------------------------------------------- scale network
 
-    def supervision_cache_of(self, datamanager, generator: torch.Generator) -> SupervisionCache:
-        """The cache of a fresh draw of the datamanager's supervision rays (the model's sampling settings)."""
+    def supervision_cache_of(self, datamanager, generator: torch.Generator, progress: bool = False) -> SupervisionCache:
+        """The cache of a fresh draw of the datamanager's supervision rays (the model's sampling settings); with
+        ``progress``, a progress bar shows the rendering."""
         rays, labels, weights = datamanager.supervision_rays(
             self.config.supervision_pixels_per_object,
             generator,
@@ -390,16 +432,21 @@ class OSNModel(Model):
             self.config.supervision_boundary_width,
             self.config.supervision_label_gap,
         )
-        return self.supervision_cache(rays, labels, weights)
+        return self.supervision_cache(rays, labels, weights, progress=progress)
 
     @torch.no_grad()
-    def supervision_cache(self, ray_bundle: RayBundle, labels: Tensor, weights: Tensor, chunk: int = 4096) -> SupervisionCache:
+    def supervision_cache(
+        self, ray_bundle: RayBundle, labels: Tensor, weights: Tensor, chunk: int = 4096, progress: bool = False
+    ) -> SupervisionCache:
         """Every object rendered alone on the supervision rays: own-unit depth and accumulation."""
         depths, accs = [], []
         ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
-        for start in range(0, len(ray_bundle), chunk):
+        starts = range(0, len(ray_bundle), chunk)
+        if progress:
+            starts = track(starts, description="Rendering every object alone on the supervision rays", console=CONSOLE)
+        for start in starts:
             rays = ray_bundle[start : start + chunk].to(self.bbox_min.device)
-            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False))
+            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False)[0])
             depths.append(alone.depth)
             accs.append(alone.accumulation)
         return SupervisionCache(
@@ -491,9 +538,19 @@ class OSNModel(Model):
         return metrics, images
 
 
-RAY_ONLY_OUTPUTS = ("alone_rgb", "alone_depth", "alone_accumulation", "scales", "directions_norm")
+RAY_ONLY_OUTPUTS = ("alone_rgb", "alone_depth", "alone_accumulation", "scales", "directions_norm", "present", "alone_distortion")
 """Outputs of ``get_outputs`` that only the losses use (per-object stacks and per-ray bookkeeping); images of a
 camera leave them out."""
+
+
+def object_extents(meta: OSNSceneMetadata) -> List[ObjectExtent]:
+    """Each object's box size and typical camera distance (median keypoint depth), in its own units."""
+    extents = []
+    for k in range(meta.num_objects):
+        depths = meta.keypoint_depth[meta.keypoint_object == k]
+        size = (meta.bbox_max[k] - meta.bbox_min[k]).tolist()
+        extents.append(ObjectExtent(box_size=tuple(size), distance=float(depths.median()) if len(depths) else max(size)))
+    return extents
 
 
 def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) -> Float[Tensor, "R"]:
@@ -510,6 +567,14 @@ def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) ->
 def object_blocks(values: Tensor, counts: List[int]) -> List[Tuple[int, Tensor]]:
     """(object, its rows) of ``values`` grouped by object with ``counts`` rows each, skipping empty objects."""
     return [(k, block) for k, block in enumerate(values.split(counts)) if len(block) > 0]
+
+
+def pad_samples(values: Float[Tensor, "P N *rest"], width: int) -> Float[Tensor, "P W *rest"]:
+    """Samples padded with zeros to ``width`` per pair: empty samples (no density, no interval) change no render."""
+    missing = width - values.shape[1]
+    if missing == 0:
+        return values
+    return torch.cat([values, values.new_zeros(values.shape[0], missing, *values.shape[2:])], dim=1)
 
 
 def to_slots(values: Float[Tensor, "P *rest"], slots: Tensor, num_slots: int) -> Float[Tensor, "S *rest"]:

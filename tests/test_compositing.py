@@ -243,3 +243,21 @@ def test_weights_behind_an_opaque_sample_vanish_in_float32():
     # the accumulation 1 - exp(-Σσδ) is flat here: the opaque sample must get (almost) no gradient
     (gradient,) = torch.autograd.grad(weights.sum(), thickness)
     assert float(gradient.abs().max()) < 1e-5
+
+
+def test_distortion_matches_its_pairwise_definition_and_favours_one_surface():
+    from osn_nerfstudio.core.compositing import distortion
+
+    g = torch.Generator().manual_seed(0)
+    edges = torch.sort(torch.rand(5, 17, generator=g, dtype=torch.float64), dim=-1).values
+    starts, ends = edges[:, :-1], edges[:, 1:]
+    weights = torch.rand(5, 16, generator=g, dtype=torch.float64) / 16
+    mid = (starts + ends) / 2
+    pairwise = (weights[:, :, None] * weights[:, None, :] * (mid[:, :, None] - mid[:, None, :]).abs()).sum((1, 2))
+    expected = pairwise + (weights.pow(2) * (ends - starts)).sum(-1) / 3
+    torch.testing.assert_close(distortion(weights, starts, ends), expected)
+    # all weight on one sample costs less than the same weight spread as fog
+    surface = torch.zeros(1, 16, dtype=torch.float64)
+    surface[0, 8] = 1.0
+    fog = torch.full((1, 16), 1 / 16, dtype=torch.float64)
+    assert distortion(surface, starts[:1], ends[:1]) < distortion(fog, starts[:1], ends[:1]) / 3

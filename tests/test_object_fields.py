@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from nerfstudio.utils.external import TCNN_EXISTS
 
-from osn_nerfstudio.fields.object_fields import MAX_LOG_DENSITY, DenseGridEncoding, ObjectFields, ObjectFieldsConfig
+from osn_nerfstudio.fields.object_fields import (
+    MAX_LOG_DENSITY,
+    DenseGridEncoding,
+    ObjectExtent,
+    ObjectFields,
+    ObjectFieldsConfig,
+    footprint_resolutions,
+)
 
 BACKBONES = ["grid", "hash", "kplanes"]
 NUM_OBJECTS = 3
@@ -42,7 +50,7 @@ def perturb_object(fields: ObjectFields, k: int) -> None:
     """Adds noise to every parameter that belongs to object k."""
     with torch.no_grad():
         if isinstance(fields.encoding, DenseGridEncoding):
-            encoding_params = [level[k] for level in fields.encoding.levels]
+            encoding_params = fields.encoding.object_levels(k)
         else:
             encoding_params = list(fields.encoding.encodings[k].parameters())
         head_params = list(fields.density_heads[k].parameters()) + list(fields.colour_heads[k].parameters())
@@ -163,3 +171,40 @@ def test_a_field_past_the_density_cap_still_gets_gradients() -> None:
     density.sum().backward()
     head = fields.density_heads[0]
     assert any(float(p.grad.abs().max()) > 0 for p in head.parameters() if p.grad is not None)
+
+
+def test_footprint_rule_gives_each_object_cells_as_fine_as_its_pixels():
+    config = ObjectFieldsConfig(grid_sizing="footprint", grid_resolutions=(0, 0, 0), grid_pixels_per_cell=2.0,
+                                grid_max_cells=1 << 30, grid_min_resolution=8)
+    # a 20 cm ball seen from 2 m by a 300-pixel focal length spans 30 pixels: 15 cells, then 8 (the floor) twice
+    assert footprint_resolutions(ObjectExtent((0.2, 0.2, 0.2), 2.0), 300.0, config) == [(8, 8, 8), (8, 8, 8), (15, 15, 15)]
+    # a 10 x 4 x 3 m room seen from 5 m: 300 x 120 x 90 cells, halving per level; its units do not matter
+    room = footprint_resolutions(ObjectExtent((10.0, 4.0, 3.0), 5.0), 300.0, config)
+    assert room == [(75, 30, 22), (150, 60, 45), (300, 120, 90)]
+    assert footprint_resolutions(ObjectExtent((1.0, 0.4, 0.3), 0.5), 300.0, config) == room
+    # capped: the finest level shrinks evenly to the cell budget
+    capped = footprint_resolutions(ObjectExtent((10.0, 4.0, 3.0), 5.0), 300.0, replace(config, grid_max_cells=300 * 120 * 90 // 8))
+    assert capped[-1] == (150, 60, 45)
+
+
+def test_footprint_sized_fields_build_each_objects_grids():
+    config = ObjectFieldsConfig(backbone="grid", implementation="torch", grid_sizing="footprint", grid_max_cells=1 << 16)
+    extents = [ObjectExtent((10.0, 4.0, 3.0), 5.0), ObjectExtent((0.2, 0.2, 0.2), 2.0)]
+    fields = ObjectFields(2, config, extents, focal=300.0)
+    for k, extent in enumerate(extents):
+        shapes = [tuple(level.shape) for level in fields.encoding.object_levels(k)]
+        assert shapes == [(config.grid_features, z, y, x) for x, y, z in footprint_resolutions(extent, 300.0, config)]
+    points, directions = random_inputs(num_objects=2)
+    density, rgb = fields(points, directions)
+    assert density.shape == (2, NUM_SAMPLES) and rgb.shape == (2, NUM_SAMPLES, 3)
+    with pytest.raises(ValueError, match="extent"):
+        ObjectFields(2, config)
+
+
+def test_footprint_sizing_sets_each_objects_finest_hash_resolution():
+    config = ObjectFieldsConfig(backbone="hash", implementation="torch", grid_sizing="footprint", hash_log2_table_size=10)
+    extents = [ObjectExtent((10.0, 4.0, 3.0), 5.0), ObjectExtent((0.2, 0.2, 0.2), 2.0)]
+    fields = ObjectFields(2, config, extents, focal=300.0)
+    # nerfstudio keeps each level's resolution as ``scalings`` (min_res times the growth factor per level)
+    finest = [float(fields.encoding.encodings[k][0].scalings[-1]) for k in range(2)]
+    assert finest == pytest.approx([300, 2 * config.hash_min_resolution], abs=1.0)

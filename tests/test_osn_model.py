@@ -159,3 +159,47 @@ def test_camera_without_frame_index_uses_its_time(setup):
     from_time = render(model, rays, model.true_scales)
     assert torch.allclose(with_index["rgb"], from_time["rgb"], atol=1e-5)
     assert METADATA_KEY in outputs.metadata
+
+
+def test_pixels_of_unknown_or_unregistered_objects_do_not_reach_the_colour_losses(setup):
+    model, outputs = setup
+    rays = frame_rays(outputs, 0)
+    labels = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
+    labels[::11] = -1  # unknown pixels
+    registered = model.registered.clone()
+    model.registered[2, 0] = False  # object 2's structure from motion missed frame 0 (and its neighbour)
+    model.registered[2, 1] = False
+    try:
+        result = render(model, rays, model.true_scales)
+        assert (labels == 2).sum() >= 5 and (labels == 1).sum() >= 5
+        g = torch.Generator().manual_seed(0)
+        batch = {"image": torch.rand(len(rays), 3, generator=g), "object_id": labels[:, None]}
+        losses = model.get_loss_dict(result, batch)
+        repainted = batch["image"].clone()
+        repainted[(labels == 2) | (labels == -1)] = torch.rand(3, generator=g)
+        again = model.get_loss_dict(result, {**batch, "image": repainted})
+        for key in ("rgb", "segmentation", "alone_rgb"):
+            assert again[key] == pytest.approx(float(losses[key]), rel=1e-6), key
+        repainted[labels == 1] = 0.5
+        assert model.get_loss_dict(result, {**batch, "image": repainted})["rgb"] != pytest.approx(float(losses["rgb"]))
+    finally:
+        model.registered.copy_(registered)
+
+
+def test_the_background_can_have_its_own_sample_budget(setup):
+    model, outputs = setup
+    rays = frame_rays(outputs, 3)
+    reference = render(model, rays, model.true_scales)
+    model.config.background_coarse_samples, model.config.background_fine_samples = 24, 8
+    try:
+        samples, _ = model.sample_objects(rays, model.true_scales.expand(len(rays), -1))
+        budget = render(model, rays, model.true_scales)
+    finally:
+        model.config.background_coarse_samples = model.config.background_fine_samples = None
+    # foreground objects keep 64 + 64 (+1) samples; the background's 24 + 8 + 1 are padded with empty ones
+    assert samples.density.shape[-1] == 129
+    assert (samples.density[:, 0, 33:] == 0).all() and (samples.ends[:, 0, 33:] == samples.starts[:, 0, 33:]).all()
+    # the background's shell is found either way, and nothing else changes
+    assert (budget["accumulation"] > 0.99).all()
+    torch.testing.assert_close(budget["rgb"], reference["rgb"], atol=2e-3, rtol=0)
+    torch.testing.assert_close(budget["object_weights"][:, 1:], reference["object_weights"][:, 1:], atol=2e-3, rtol=0)

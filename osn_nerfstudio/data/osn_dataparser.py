@@ -53,6 +53,8 @@ class OSNSceneMetadata:
     near: float
     far: float
     """Depth bounds of the scene in background units (docs/dataparser.md)."""
+    focal: float = 1.0
+    """Focal length of the video's camera, pixels (sizes each object's field by its pixel footprint)."""
     true_scales: Optional[Float[Tensor, "num_objects"]] = None
     """Ground-truth relative scales, when the scene has them (evaluation only)."""
 
@@ -248,5 +250,6 @@ def build_scene_metadata(scene: Scene, config: OSNDataParserConfig) -> OSNSceneM
         scale_range=ranges.float(),
         near=bounds.near,
         far=bounds.far,
+        focal=float(np.sqrt(scene.camera.fx * scene.camera.fy)),
         true_scales=true_scales,
     )

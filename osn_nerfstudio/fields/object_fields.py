@@ -9,8 +9,9 @@ object's output. Query all objects at once with the same number M of samples eac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Literal, Sequence, Tuple
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,18 @@ class ObjectFieldsConfig:
     implementation: Literal["auto", "tcnn", "torch"] = "auto"
     """tinycudann kernels or pure torch; "auto" takes tcnn when it is importable and CUDA is available."""
     grid_resolutions: Tuple[int, ...] = (16, 32, 64)
-    """Cells per side of each dense grid level ("grid" backbone; memory grows with the cube)."""
+    """Cells per side of each dense grid level ("grid" backbone, ``grid_sizing`` "fixed"; memory grows with the
+    cube). With "footprint" sizing its length is the number of levels."""
+    grid_sizing: Literal["fixed", "footprint"] = "fixed"
+    """"fixed": every object gets ``grid_resolutions`` cubed. "footprint": each object's finest level has, along
+    each axis, about one cell per ``grid_pixels_per_cell`` pixels its box spans at its typical distance from the
+    camera, coarser levels half as many each (docs/method.md)."""
+    grid_pixels_per_cell: float = 2.0
+    """Pixels of an object's box per cell of its finest grid level ("footprint" sizing)."""
+    grid_max_cells: int = 1 << 22
+    """Most cells in one object's finest level ("footprint" sizing; 4 features of float32 each)."""
+    grid_min_resolution: int = 8
+    """Fewest cells along any axis of any level ("footprint" sizing)."""
     grid_features: int = 4
     """Feature channels per dense grid level ("grid" backbone)."""
     grid_init_scale: float = 0.1
@@ -60,7 +72,8 @@ class ObjectFieldsConfig:
     hash_min_resolution: int = 16
     """Resolution of the coarsest hash grid level ("hash" backbone)."""
     hash_max_resolution: int = 256
-    """Resolution of the finest hash grid level ("hash" backbone)."""
+    """Resolution of the finest hash grid level ("hash" backbone, "fixed" sizing; with "footprint" sizing each
+    object's follows its pixel footprint)."""
     hash_log2_table_size: int = 17
     """log2 of the hash table entries per level and object ("hash" backbone)."""
     hash_features: int = 2
@@ -113,40 +126,68 @@ def total_variation(grid: Tensor, spatial_dims: int) -> Tensor:
     )
 
 
-class ViewCache(dict):
-    """Cached views of parameters, left out of copies and pickles: they are autograd graph nodes, rebuilt on use."""
+@dataclass
+class ObjectExtent:
+    """What sizing an object's field needs: its box and how far the camera usually is, in its own units."""
 
-    def __deepcopy__(self, memo) -> "ViewCache":
-        return ViewCache()
+    box_size: Tuple[float, float, float]
+    """Extent of the object's box along x, y, z."""
+    distance: float
+    """Typical z-depth of the object from the camera (the median of its keypoints')."""
 
-    def __reduce__(self):
-        return ViewCache, ()
+
+def footprint_resolutions(extent: ObjectExtent, focal: float, config: ObjectFieldsConfig) -> List[Tuple[int, int, int]]:
+    """Cells along (x, y, z) of each grid level of an object sized by its pixel footprint ("footprint" sizing).
+
+    The finest level has ``box_size * focal / distance / grid_pixels_per_cell`` cells along each axis (the box's
+    extent in pixels at its typical distance, per cell), shrunk evenly to at most ``grid_max_cells``; each coarser
+    level halves that; no axis gets fewer than ``grid_min_resolution``. A 10 m room seen from 5 m and a 20 cm ball
+    seen from 2 m thus get grids as fine as the pixels that show them.
+    """
+    finest = [size * focal / extent.distance / config.grid_pixels_per_cell for size in extent.box_size]
+    cells = math.prod(max(f, 1.0) for f in finest)
+    if cells > config.grid_max_cells:
+        finest = [f * (config.grid_max_cells / cells) ** (1 / 3) for f in finest]
+    levels = len(config.grid_resolutions)
+    return [
+        tuple(max(config.grid_min_resolution, round(f / 2 ** (levels - 1 - level))) for f in finest)
+        for level in range(levels)
+    ]
 
 
 class DenseGridEncoding(nn.Module):
-    """Multi-resolution dense feature grids, one set per object, read for all objects in one grid_sample per level.
+    """Multi-resolution dense feature grids, one set per object, each object's levels of their own size.
 
-    Level tensors are [K, C, D, H, W]; grid_sample reads a point (x, y, z) in [-1, 1] at (W, H, D), so x
-    runs along the last axis. Trilinear interpolation keeps gradients to the sample positions.
+    Level tensors are [C, D, H, W] with (W, H, D) cells along the object's (x, y, z): grid_sample reads a point
+    (x, y, z) in [-1, 1] at (W, H, D), so x runs along the last axis. Trilinear interpolation keeps gradients to the
+    sample positions.
     """
 
-    def __init__(self, num_objects: int, resolutions: Sequence[int], features: int, init_scale: float) -> None:
+    def __init__(self, resolutions: Sequence[Sequence[Tuple[int, int, int]]], features: int, init_scale: float) -> None:
+        """``resolutions[k][level]`` = cells along (x, y, z) of that level of object k; every object has as many."""
         super().__init__()
         self.features = features
+        self.num_levels = len(resolutions[0])
+        if any(len(levels) != self.num_levels for levels in resolutions):
+            raise ValueError("every object needs the same number of grid levels")
+        self.resolutions = [[tuple(int(n) for n in level) for level in levels] for levels in resolutions]
         self.levels = nn.ParameterList(
-            nn.Parameter(torch.empty(num_objects, features, r, r, r).uniform_(-init_scale, init_scale))
-            for r in resolutions
+            nn.Parameter(torch.empty(features, z, y, x).uniform_(-init_scale, init_scale))
+            for levels in self.resolutions
+            for x, y, z in levels
         )
-        self._object_views = ViewCache()
 
     def get_out_dim(self) -> int:
-        return self.features * len(self.levels)
+        return self.features * self.num_levels
+
+    def object_levels(self, k: int) -> List[nn.Parameter]:
+        return list(self.levels[k * self.num_levels : (k + 1) * self.num_levels])
 
     def forward(self, points: Float[Tensor, "K M 3"]) -> Float[Tensor, "K M F"]:
-        return self.read(list(self.levels), points)
+        return torch.stack([self.object_features(k, object_points) for k, object_points in enumerate(points)])
 
     def object_features(self, k: int, points: Float[Tensor, "M 3"]) -> Float[Tensor, "M F"]:
-        """Features of object k's grids only (its samples need not match other objects' in number).
+        """Features of object k's grids at any number of points.
 
         On the CPU grid_sample gives each batch entry to one thread, so a large read is split into one entry of
         equal size per thread, each reading the same grids.
@@ -154,34 +195,19 @@ class DenseGridEncoding(nn.Module):
         parts = torch.get_num_threads() if points.device.type == "cpu" and len(points) >= MIN_POINTS_TO_SPLIT else 1
         padding = (-len(points)) % parts
         padded = torch.cat([points, points[-1:].expand(padding, 3)]) if padding else points
-        levels = [views[k][None].expand(parts, -1, -1, -1, -1) for views in self.object_views()]
+        levels = [level[None].expand(parts, -1, -1, -1, -1) for level in self.object_levels(k)]
         return self.read(levels, padded.view(parts, -1, 3)).reshape(len(padded), -1)[: len(points)]
-
-    def object_views(self) -> List[Tuple[Tensor, ...]]:
-        """Every level unbound into its K objects' [C, D, H, W] grids, once per version of the grids.
-
-        All objects' reads then share one autograd node per level, and a backward pass assembles each level's
-        gradient once. A slice per object would make every object's backward allocate a zero gradient of all
-        K objects' grids and add it to the others'. The views are made again when the grids change (in place,
-        as an optimizer step does, or by a new storage), separately with and without gradient tracking.
-        """
-        mode = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        version = tuple((level.data_ptr(), level._version) for level in self.levels)
-        cached = self._object_views.get(mode)
-        if cached is None or cached[0] != version:
-            cached = self._object_views[mode] = (version, [level.unbind(0) for level in self.levels])
-        return cached[1]
 
     @staticmethod
     def read(levels: List[Tensor], points: Float[Tensor, "N M 3"]) -> Float[Tensor, "N M F"]:
-        """Trilinear features of N objects' levels (each [N, C, D, H, W]) at M points each, levels concatenated."""
-        num_objects, num_samples, _ = points.shape
-        coords = (points * 2.0 - 1.0).view(num_objects, 1, 1, num_samples, 3)
+        """Trilinear features of levels (each [N, C, D, H, W]) at M points per batch entry, levels concatenated."""
+        num_batches, num_samples, _ = points.shape
+        coords = (points * 2.0 - 1.0).view(num_batches, 1, 1, num_samples, 3)
         features = [
             F.grid_sample(level, coords, mode="bilinear", padding_mode="border", align_corners=True)
             for level in levels
         ]
-        return torch.cat(features, dim=1).view(num_objects, -1, num_samples).transpose(1, 2)
+        return torch.cat(features, dim=1).view(num_batches, -1, num_samples).transpose(1, 2)
 
     def regularisation(self) -> Tensor:
         return sum(total_variation(level, spatial_dims=3) for level in self.levels)
@@ -224,23 +250,52 @@ class PerObjectEncoding(nn.Module):
         return sum((total_variation(plane, spatial_dims=2) for plane in planes), zero)
 
 
-def build_encoding(num_objects: int, config: ObjectFieldsConfig, implementation: str) -> nn.Module:
+def grid_resolutions(
+    num_objects: int, config: ObjectFieldsConfig, extents: Optional[Sequence[ObjectExtent]], focal: Optional[float]
+) -> List[List[Tuple[int, int, int]]]:
+    """Cells along (x, y, z) of every grid level of every object, by ``config.grid_sizing``."""
+    if config.grid_sizing == "fixed":
+        return [[(r, r, r) for r in config.grid_resolutions] for _ in range(num_objects)]
+    if extents is None or focal is None or len(extents) != num_objects:
+        raise ValueError("footprint grid sizing needs every object's extent and the camera's focal length")
+    return [footprint_resolutions(extent, focal, config) for extent in extents]
+
+
+def hash_max_resolutions(
+    num_objects: int, config: ObjectFieldsConfig, extents: Optional[Sequence[ObjectExtent]], focal: Optional[float]
+) -> List[int]:
+    """Finest hash grid resolution of every object: ``hash_max_resolution``, or with "footprint" sizing the finest
+    grid level's largest axis (``footprint_resolutions`` without its cell budget), at least twice the coarsest."""
+    if config.grid_sizing == "fixed":
+        return [config.hash_max_resolution] * num_objects
+    resolutions = grid_resolutions(num_objects, replace(config, grid_max_cells=1 << 62), extents, focal)
+    return [max(2 * config.hash_min_resolution, max(levels[-1])) for levels in resolutions]
+
+
+def build_encoding(
+    num_objects: int,
+    config: ObjectFieldsConfig,
+    implementation: str,
+    extents: Optional[Sequence[ObjectExtent]] = None,
+    focal: Optional[float] = None,
+) -> nn.Module:
     """The spatial encoding of ``config.backbone`` for ``num_objects`` independent objects."""
     if config.backbone == "grid":
-        return DenseGridEncoding(num_objects, config.grid_resolutions, config.grid_features, config.grid_init_scale)
+        resolutions = grid_resolutions(num_objects, config, extents, focal)
+        return DenseGridEncoding(resolutions, config.grid_features, config.grid_init_scale)
     if config.backbone == "hash":
         hash_encodings = [
             [
                 HashEncoding(
                     num_levels=config.hash_levels,
                     min_res=config.hash_min_resolution,
-                    max_res=config.hash_max_resolution,
+                    max_res=max_resolution,
                     log2_hashmap_size=config.hash_log2_table_size,
                     features_per_level=config.hash_features,
                     implementation=implementation,
                 )
             ]
-            for _ in range(num_objects)
+            for max_resolution in hash_max_resolutions(num_objects, config, extents, focal)
         ]
         return PerObjectEncoding(hash_encodings, centred_input=False)
     if config.backbone == "kplanes":
@@ -255,12 +310,19 @@ def build_encoding(num_objects: int, config: ObjectFieldsConfig, implementation:
 class ObjectFields(nn.Module):
     """K independent radiance fields, each over its object's unit box: density and view-dependent colour."""
 
-    def __init__(self, num_objects: int, config: ObjectFieldsConfig) -> None:
+    def __init__(
+        self,
+        num_objects: int,
+        config: ObjectFieldsConfig,
+        extents: Optional[Sequence[ObjectExtent]] = None,
+        focal: Optional[float] = None,
+    ) -> None:
+        """``extents`` and ``focal`` (pixels) size each object's grids when ``config.grid_sizing`` is "footprint"."""
         super().__init__()
         self.num_objects = num_objects
         self.config = config
         self.implementation = resolve_implementation(config.implementation)
-        self.encoding = build_encoding(num_objects, config, self.implementation)
+        self.encoding = build_encoding(num_objects, config, self.implementation, extents, focal)
         self.direction_encoding = SHEncoding(levels=config.direction_levels, implementation=self.implementation)
         self.density_heads = nn.ModuleList(
             MLP(
