@@ -7,12 +7,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import numpy as np
 import torch
 import torchvision.utils as vutils
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -88,11 +89,13 @@ class OSNPipeline(VanillaPipeline):
         self.eval()
         try:
             per_image = {}
-            for name, scales in configurations.items():
-                CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
-                model.render_scales.copy_(scales)
-                prefix = image_prefixes.get(name) if output_path is not None else None
-                per_image[name] = self.evaluate_images(output_path, prefix)
+            with progress_bar() as progress:
+                for name, scales in configurations.items():
+                    CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
+                    model.render_scales.copy_(scales)
+                    prefix = image_prefixes.get(name) if output_path is not None else None
+                    task = progress.add_task(f"configuration {name}", total=len(self.datamanager.fixed_indices_eval_dataloader))
+                    per_image[name] = self.evaluate_images(output_path, prefix, lambda: progress.advance(task))
         finally:
             model.render_scales.copy_(render_scales)
             self.train(was_training)
@@ -118,9 +121,12 @@ class OSNPipeline(VanillaPipeline):
                 results["lpips_note"] = note
         return results
 
-    def evaluate_images(self, output_path: Optional[Path], image_prefix: Optional[str]) -> List[Dict[str, float]]:
+    def evaluate_images(
+        self, output_path: Optional[Path], image_prefix: Optional[str], advance: Callable[[], None] = lambda: None
+    ) -> List[Dict[str, float]]:
         """Per-image metrics of every evaluation image at the model's current render scales; with an
-        ``image_prefix``, the rendered images are saved in ``output_path`` too."""
+        ``image_prefix``, the rendered images are saved in ``output_path`` too. ``advance`` is called after each
+        image."""
         rows = []
         for index, (camera, batch) in enumerate(self.datamanager.fixed_indices_eval_dataloader):
             start = time.perf_counter()
@@ -136,6 +142,7 @@ class OSNPipeline(VanillaPipeline):
                         image.permute(2, 0, 1).cpu(), output_path / f"{image_prefix}_{key}_{index:04d}.png"
                     )
             rows.append(metrics)
+            advance()
         return rows
 
     def with_covisibility(self, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -158,6 +165,17 @@ class OSNPipeline(VanillaPipeline):
                 f"{batch['image'].shape[1]}x{batch['image'].shape[0]}."
             )
         return {**batch, "covisibility_mask": torch.from_numpy(mask)[..., None]}
+
+
+def progress_bar() -> Progress:
+    """A rich progress display like nerfstudio's evaluation one (one line per task, the count and time taken)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=CONSOLE,
+    )
 
 
 def average_over(rows: List[Dict[str, float]], get_std: bool) -> Dict[str, float]:

@@ -58,8 +58,7 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     model = pipeline.model
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    CONSOLE.print("Rendering every object alone on the supervision rays ...")
-    cache = model.supervision_cache_of(pipeline.datamanager, generator)
+    cache = model.supervision_cache_of(pipeline.datamanager, generator, progress=True)
     result = model.scale_network.sample(num, generator=generator)
     scales = result.scales.cpu()
     min_accumulation = model.config.validity.min_accumulation
