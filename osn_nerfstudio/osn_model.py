@@ -466,8 +466,9 @@ class OSNModel(Model):
         labelled = self.valid_set(cache)
         u, labels = labelled_candidates(labelled.valid, self.scale_network.ranges, self.config.validity, generator)
         device = self.bbox_min.device
+        self.scale_network.set_input_frame(u[labels].to(device))
         stats = self.scale_network.fit(u.to(device), labels.to(device), generator=generator)
-        self.scale_network.set_proposal_box(u[labels])
+        self.scale_network.set_proposal(labelled.valid)
         fallbacks, self.sampling_fallbacks = self.sampling_fallbacks, 0
         self.choose_render_scales(cache)
         share = labelled.contradicted_weight / max(labelled.constraint_weight, 1e-12)

@@ -2,8 +2,10 @@
 
 Pure torch. A configuration is ``s = (1, s_1, ..., s_{K-1})``; the network sees it as the normalised log-scale
 ``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` in [0, 1]^(K-1) and outputs the logit of the probability
-that the configuration is valid. It is trained with class-balanced BCE on exact validity labels
-(:mod:`osn_nerfstudio.core.validity`) and sampled by rejection: uniform candidates scored above 0.5.
+that the configuration is valid. It is trained with class-balanced BCE on validity labels
+(:mod:`osn_nerfstudio.core.validity`) and sampled by rejection: candidates drawn from the labelled valid set (moved
+out by a margin) and scored above 0.5. Valid sets of real scenes are thin (under 0.1 % of the scale ranges), so the
+network reads its input in the valid set's own frame: centred on it and whitened by its spread.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
+
+from osn_nerfstudio.core.valid_set import ValidSet, unbounded
 
 
 @dataclass
@@ -33,11 +37,14 @@ class ScaleNetworkConfig:
     batch_size: int = 1024
     """Labelled configurations per optimisation step (drawn with replacement)."""
     candidates_per_sample: int = 32
-    """Candidates drawn per requested configuration in each round of sampling (uniform in the proposal box)."""
+    """Candidates drawn per requested configuration in each round of sampling (uniform in the proposal set)."""
     max_candidates: int = 1 << 17
     """Candidates drawn at most per sampling call before the best-scored ones fill what is missing."""
-    proposal_margin: float = 0.05
-    """The proposal box is the labelled valid set's box grown by this (normalised log-scale) on every side."""
+    proposal_margin: float = 0.25
+    """Sampling proposes configurations from the labelled valid set with every bound moved out by this fraction of
+    the set's width along it, so that the network, not the labels, decides at the set's faces."""
+    min_input_spread: float = 0.002
+    """Smallest spread (normalised log-scale) the network's input frame gives any direction of the valid set."""
 
 
 class ScaleRanges:
@@ -104,9 +111,11 @@ class ObjectScaleNetwork(nn.Module):
         ScaleRanges(scale_range)  # validate before storing
         self.register_buffer("scale_range", scale_range.detach().float().clone())
         num_inputs = scale_range.shape[0] - 1
-        # where sampling draws its candidates (normalised log-scale): everywhere until a refit says where the set is
-        self.register_buffer("proposal_low", torch.zeros(num_inputs))
-        self.register_buffer("proposal_high", torch.ones(num_inputs))
+        # where sampling draws its candidates (log-scale bounds, ValidSet): the scale ranges until a refit says more
+        self.register_buffer("proposal_bounds", ValidSet.from_constraints(unbounded(len(scale_range)), scale_range).closed().bounds)
+        # the network reads (u - input_offset) @ input_transform.T: the unit cube centred at first, the valid set later
+        self.register_buffer("input_offset", torch.full((num_inputs,), 0.5))
+        self.register_buffer("input_transform", 2.0 * torch.eye(num_inputs))
         self.mlp = self._build_mlp(num_inputs) if num_inputs > 0 else None
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr) if self.mlp is not None else None
 
@@ -130,30 +139,50 @@ class ObjectScaleNetwork(nn.Module):
         """Validity logits of normalised configurations."""
         if self.mlp is None:
             return torch.full(u.shape[:-1], math.inf, dtype=u.dtype, device=u.device)
-        # centred inputs: the first layer's ReLUs start out splitting the unit cube
-        return self.mlp(2.0 * u.to(self.scale_range.dtype) - 1.0)[..., 0]
+        frame = (u.to(self.scale_range.dtype) - self.input_offset) @ self.input_transform.T
+        return self.mlp(frame)[..., 0]
 
     def probability(self, scales: Float[Tensor, "*bs K"]) -> Float[Tensor, "*bs"]:
         """Probability that each configuration of scales is valid."""
         return torch.sigmoid(self(self.ranges.normalise(scales)))
 
     def draw_uniform(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n Km1"]:
-        """``n`` normalised configurations uniform over the proposal box (log-uniform scales)."""
+        """``n`` normalised configurations uniform over the scale ranges (log-uniform scales)."""
         device = generator.device if generator is not None else self.scale_range.device
-        u = torch.rand(n, self.num_objects - 1, generator=generator, device=device).to(self.scale_range.device)
-        return self.proposal_low + u * (self.proposal_high - self.proposal_low)
+        return torch.rand(n, self.num_objects - 1, generator=generator, device=device).to(self.scale_range.device)
 
-    def set_proposal_box(self, members: Float[Tensor, "n Km1"]) -> None:
-        """Draw sampling candidates from the box around ``members`` (normalised configurations labelled valid),
-        grown by ``proposal_margin``; the whole range when there are none."""
-        if len(members) == 0:
-            self.proposal_low.zero_()
-            self.proposal_high.fill_(1.0)
+    def draw_proposals(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n Km1"]:
+        """``n`` normalised configurations uniform over the proposal set (:meth:`set_proposal`)."""
+        if generator is None or generator.device.type != "cpu":
+            generator = torch.Generator().manual_seed(int(torch.randint(1 << 62, (1,), generator=generator)))
+        scales = ValidSet(self.proposal_bounds.double().cpu()).sample(n, generator, proposals=max(4 * n, 4096))
+        return self.ranges.normalise(scales.to(self.scale_range))
+
+    def set_proposal(self, valid: ValidSet) -> None:
+        """Draw sampling candidates from ``valid`` (the labelled valid set) with every bound ``b_ij`` moved out by
+        ``proposal_margin`` times the set's width ``b_ij + b_ji`` along it, inside the scale ranges; from the scale
+        ranges when it is empty."""
+        if valid.is_empty():
+            bounds = unbounded(self.num_objects)
+        else:
+            closed = ValidSet.from_constraints(valid.bounds, self.scale_range).closed().bounds
+            bounds = closed + self.config.proposal_margin * (closed + closed.T)
+        self.proposal_bounds.copy_(ValidSet.from_constraints(bounds, self.scale_range).closed().bounds)
+
+    def set_input_frame(self, members: Float[Tensor, "n Km1"]) -> None:
+        """Read inputs in the frame of ``members`` (normalised configurations labelled valid): centred on their
+        mean, and whitened so that their spread is 0.5 along every principal direction (at least
+        ``min_input_spread``). Without members the unit cube's frame is restored."""
+        if len(members) < 2:
+            self.input_offset.fill_(0.5)
+            self.input_transform.copy_(2.0 * torch.eye(self.num_objects - 1))
             return
-        margin = self.config.proposal_margin
-        members = members.to(self.proposal_low)
-        self.proposal_low.copy_((members.amin(0) - margin).clamp_min(0.0))
-        self.proposal_high.copy_((members.amax(0) + margin).clamp_max(1.0))
+        members = members.double()
+        covariance = torch.cov(members.T).reshape(members.shape[1], members.shape[1])
+        variance, axes = torch.linalg.eigh(covariance)
+        spread = variance.clamp_min(0.0).sqrt().clamp_min(self.config.min_input_spread)
+        self.input_offset.copy_(members.mean(0))
+        self.input_transform.copy_((axes / (2.0 * spread)).T)
 
     def fit(
         self,
@@ -224,8 +253,8 @@ class ObjectScaleNetwork(nn.Module):
     ) -> SampleResult:
         """``n`` configurations drawn uniformly from the region the network scores above 0.5.
 
-        Draws ``n * candidates_per_sample`` candidates in the proposal box (:meth:`set_proposal_box`), then twice
-        as many each round, until ``n`` pass or ``config.max_candidates`` are spent. If fewer pass (an untrained network, or a valid
+        Draws ``n * candidates_per_sample`` candidates from the proposal set (:meth:`set_proposal`), then twice as
+        many each round, until ``n`` pass or ``config.max_candidates`` are spent. If fewer pass (an untrained network, or a valid
         region too small to find), the best-scored candidates fill the rest and the result says so; sampling never
         fails.
         """
@@ -233,7 +262,7 @@ class ObjectScaleNetwork(nn.Module):
         budget = max(self.config.max_candidates, per_round)
         kept_u, kept_logits, best_u, best_logits, drawn = [], [], None, None, 0
         while drawn < budget and sum(len(u) for u in kept_u) < n:
-            u = self.draw_uniform(per_round, generator)
+            u = self.draw_proposals(per_round, generator)
             logits = self(u)
             drawn += per_round
             per_round *= 2

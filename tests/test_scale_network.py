@@ -115,25 +115,38 @@ def test_untrained_region_makes_sampling_fall_back_without_failing():
     assert torch.equal(drawn.probability, drawn.probability.sort(descending=True).values)
 
 
-def test_sampling_draws_in_the_proposal_box_and_finds_a_thin_region():
-    def sliver(u):  # 0.4 % of the ranges: a band 0.02 wide, 0.2 long
-        return ((u[:, 0] - u[:, 1] - 0.1).abs() < 0.01) & (u[:, 0] > 0.3) & (u[:, 0] < 0.5)
+def test_a_thin_valid_set_is_learned_in_its_own_frame_and_sampled_from_its_proposal():
+    import math
 
+    from osn_nerfstudio.core.valid_set import ValidSet, unbounded
+
+    # 1 < s_1 / s_2 < 1.03: a slab that fills under 1 % of the scale ranges
+    upper = unbounded(3)
+    upper[1, 2], upper[2, 1] = math.log(1.03), 0.0
+    valid = ValidSet.from_constraints(upper, RANGE.double())
     torch.manual_seed(0)
     net = ObjectScaleNetwork(RANGE, ScaleNetworkConfig(max_candidates=4096))
     g = torch.Generator().manual_seed(0)
-    u = net.draw_uniform(4096, g)
-    u = torch.cat([u, torch.rand(4096, 1, generator=g) * torch.tensor([[0.2, 0.2]]) + torch.tensor([[0.3, 0.2]])])
-    net.fit(u, sliver(u), steps=500, generator=g)
-    members = u[sliver(u)]
-    net.set_proposal_box(members)
-    assert net.proposal_low.tolist() == pytest.approx((members.amin(0) - 0.05).tolist())
-    drawn = net.sample(200, g)
+    inside = net.ranges.normalise(valid.sample(4096, g)).float()
+    near = (inside + 0.01 * torch.randn(inside.shape, generator=g)).clamp(0, 1)
+    u = torch.cat([net.draw_uniform(4096, g), inside, near])
+    labels = valid.contains(net.ranges.denormalise(u.double()))
+    net.set_input_frame(u[labels])
+    net.fit(u, labels, steps=1000, generator=g)
+    net.set_proposal(valid)
+    drawn = net.sample(500, g)
     assert not drawn.fell_back
-    assert ((drawn.u >= net.proposal_low) & (drawn.u <= net.proposal_high)).all()
-    # no valid members: back to the whole range
-    net.set_proposal_box(members[:0])
-    assert net.proposal_low.tolist() == [0.0, 0.0] and net.proposal_high.tolist() == [1.0, 1.0]
+    # proposals come from the set grown by the margin; the network keeps the ones inside
+    assert ValidSet(net.proposal_bounds).contains(drawn.scales.double()).all()
+    assert valid.contains(drawn.scales.double()).float().mean() > 0.9
+    fresh = net.ranges.normalise(valid.sample(2000, torch.Generator().manual_seed(9))).float()
+    assert (net(fresh) > 0).float().mean() > 0.9
+    # an empty set sends sampling back to the scale ranges, and no members back to the unit cube's frame
+    upper[2, 1] = -1.0
+    net.set_proposal(ValidSet.from_constraints(upper, RANGE.double()))
+    assert torch.equal(net.proposal_bounds, ValidSet.from_constraints(unbounded(3), RANGE.double()).closed().bounds)
+    net.set_input_frame(u[:0])
+    assert net.input_offset.tolist() == [0.5, 0.5] and torch.equal(net.input_transform, 2 * torch.eye(2))
 
 
 def train(net: ObjectScaleNetwork, generator: torch.Generator, steps: int) -> None:

@@ -25,6 +25,11 @@ EMPTY_EPSILON = 1e-9
 """A closed polytope is empty when a bound cycle sums below minus this (log-scale; round-off allowance)."""
 
 
+def unbounded(num_objects: int) -> Float[Tensor, "K K"]:
+    """A bound matrix that bounds nothing (every entry inf)."""
+    return torch.full((num_objects, num_objects), math.inf, dtype=torch.float64)
+
+
 @dataclass
 class ValidSet:
     """``{s : log s_i - log s_j <= bounds[i, j]}`` with ``s_0 = 1``; ``bounds[i, j] = inf`` where nothing bounds it.
@@ -55,6 +60,8 @@ class ValidSet:
         x = scales.double().log().to(self.bounds.device)
         x = x - x[:, :1]  # the background's scale is 1; configurations are relative to it
         slack = self.bounds[None] - (x[:, :, None] - x[:, None, :])
+        if self.num_objects == 1:  # the background alone: its only configuration is valid
+            return slack.new_full((len(slack),), math.inf)
         off_diagonal = ~torch.eye(self.num_objects, dtype=torch.bool, device=slack.device)
         return slack[:, off_diagonal].amin(-1)
 
