@@ -45,6 +45,7 @@ from osn_nerfstudio.core.validity import (
     labelled_candidates,
     valid_set,
 )
+from osn_nerfstudio.data.osn_datamanager import concat_bundles, random_rows
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
 from osn_nerfstudio.fields.object_fields import ObjectExtent, ObjectFields, ObjectFieldsConfig
 from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
@@ -90,6 +91,11 @@ class OSNModelConfig(ModelConfig):
     supervision_label_gap: int = 1
     """Supervision pixels keep this many pixels from any other label: masks and learned silhouettes are least
     certain on their outlines."""
+    supervision_hidden_pixels_per_pair: int = 2048
+    """Supervision pixels per (shown, hidden) pair of objects where a foreground object is hidden behind what the
+    video shows (found by rendering it alone where its box lies); uniform pixels rarely land there. 0: none."""
+    supervision_hidden_candidates: int = 1024
+    """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
     validity: ValidityConfig = field(default_factory=ValidityConfig)
     """Which configurations the refits label valid, and which candidates they label."""
     rgb_loss_mult: float = 1.0
@@ -220,12 +226,7 @@ class OSNModel(Model):
         validity cache) must not clip, since their own units say nothing about the scene's near bound.
         """
         num_rays, K = ray_bundle.origins.shape[0], self.num_objects
-        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
-        origins, directions = rays_in_objects(ray_bundle.origins, ray_bundle.directions, poses[:, 0], poses, scales)
-        nears, fars, hit = intersect_aabb(origins, directions, self.bbox_min.expand_as(origins), self.bbox_max.expand_as(origins))
-        if clip_near:  # nothing sits closer to the camera than the scene's near bound, whatever its scale
-            nears = torch.maximum(nears, self.depth_bounds[0] / scales)
-        hit = hit & present & (fars > nears)
+        origins, directions, nears, fars, hit, present = self.rays_in_boxes(ray_bundle, scales, clip_near)
         if active is not None:
             hit = hit & active
         # pairs ordered by object, so that each object's samples are one contiguous block for its field
@@ -255,6 +256,17 @@ class OSNModel(Model):
             rgb=to_slots(rgb, slots, num_slots).view(num_rays, K, -1, 3),
         )
         return object_samples, present
+
+    def rays_in_boxes(self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], clip_near: bool):
+        """Every ray in every object's frame and units (origins, directions [R, K, 3]), where it enters and leaves the
+        object's box (nears, fars [R, K]), whether it meets the box of a present object (hit [R, K]), and whether the
+        object is present (registered next to the ray's frame)."""
+        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
+        origins, directions = rays_in_objects(ray_bundle.origins, ray_bundle.directions, poses[:, 0], poses, scales)
+        nears, fars, hit = intersect_aabb(origins, directions, self.bbox_min.expand_as(origins), self.bbox_max.expand_as(origins))
+        if clip_near:  # nothing sits closer to the camera than the scene's near bound, whatever its scale
+            nears = torch.maximum(nears, self.depth_bounds[0] / scales)
+        return origins, directions, nears, fars, hit & present & (fars > nears), present
 
     def sample_in_boxes(
         self, pair_rays: RayBundle, objects: Tensor, num_coarse: Optional[int] = None, num_fine: Optional[int] = None
@@ -432,7 +444,45 @@ class OSNModel(Model):
             self.config.supervision_boundary_width,
             self.config.supervision_label_gap,
         )
+        if self.config.supervision_hidden_pixels_per_pair > 0:
+            hidden_rays, hidden_labels = self.hidden_object_rays(datamanager, generator)
+            rays = concat_bundles(rays, hidden_rays)
+            labels, weights = torch.cat([labels, hidden_labels]), torch.cat([weights, torch.ones(len(hidden_labels))])
         return self.supervision_cache(rays, labels, weights, progress=progress)
+
+    @torch.no_grad()
+    def hidden_object_rays(self, datamanager, generator: torch.Generator) -> Tuple[RayBundle, Tensor]:
+        """Supervision pixels where a foreground object lies hidden behind the object the video shows: the tightest
+        evidence of which of two objects is in front, and rare among uniform pixels.
+
+        In every frame, for every foreground object k, up to ``supervision_hidden_candidates`` pixels whose ray meets
+        k's box but that show another object are drawn; k is rendered alone on them, and those where it is opaque
+        (accumulation above the validity rule's ``min_accumulation``) are kept, up to
+        ``supervision_hidden_pixels_per_pair`` per (shown, hidden) pair. Returns the rays and their labels.
+        """
+        labels = datamanager.supervising_labels(self.config.supervision_label_gap)
+        num_frames, height, width = labels.shape
+        found: Dict[Tuple[int, int], List[Tensor]] = {}
+        ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
+        for frame in range(num_frames):
+            flat = labels[frame].reshape(-1)
+            pixels = torch.arange(len(flat))
+            rays = datamanager.pixel_rays(torch.full_like(pixels, frame), pixels // width, pixels % width)
+            hits = self.rays_in_boxes(rays, ones.expand(len(rays), -1), clip_near=False)[4].cpu()
+            for k in range(1, self.num_objects):
+                candidates = ((flat >= 0) & (flat != k) & hits[:, k]).nonzero()[:, 0]
+                candidates = random_rows(candidates, self.config.supervision_hidden_candidates, generator)
+                if len(candidates) == 0:
+                    continue
+                alone = F.one_hot(torch.full((len(candidates),), k), self.num_objects).bool().to(ones.device)
+                samples, _ = self.sample_objects(rays[candidates.to(ones.device)], ones.expand(len(candidates), -1), alone, False)
+                opaque = candidates[render_alone(samples).accumulation[:, k].cpu() > self.config.validity.min_accumulation]
+                for shown in flat[opaque].unique().tolist():
+                    found.setdefault((shown, k), []).append(frame * height * width + opaque[flat[opaque] == shown])
+        picks = [random_rows(torch.cat(p), self.config.supervision_hidden_pixels_per_pair, generator) for p in found.values()]
+        picks = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+        frame, pixel = picks // (height * width), picks % (height * width)
+        return datamanager.pixel_rays(frame, pixel // width, pixel % width), labels[frame, pixel // width, pixel % width]
 
     @torch.no_grad()
     def supervision_cache(

@@ -203,3 +203,46 @@ def test_the_background_can_have_its_own_sample_budget(setup):
     assert (budget["accumulation"] > 0.99).all()
     torch.testing.assert_close(budget["rgb"], reference["rgb"], atol=2e-3, rtol=0)
     torch.testing.assert_close(budget["object_weights"][:, 1:], reference["object_weights"][:, 1:], atol=2e-3, rtol=0)
+
+
+class ShownLabels:
+    """The two datamanager methods ``hidden_object_rays`` reads, with labels of what the true configuration shows."""
+
+    def __init__(self, model, outputs):
+        self.cameras = outputs.cameras
+        self.height, self.width = int(outputs.cameras.height[0]), int(outputs.cameras.width[0])
+        shown = [render(model, frame_rays(outputs, f), model.true_scales)["object_weights"].argmax(-1) for f in range(len(outputs.cameras))]
+        self.labels = torch.stack(shown).reshape(-1, self.height, self.width)
+
+    def supervising_labels(self, gap: int) -> torch.Tensor:
+        return self.labels
+
+    def pixel_rays(self, frame, y, x):
+        coords = torch.stack([y, x], dim=-1).float() + 0.5
+        return self.cameras.generate_rays(camera_indices=frame[:, None], coords=coords)
+
+
+def test_hidden_object_rays_are_pixels_showing_one_object_with_another_opaque_behind(setup):
+    model, outputs = setup
+    datamanager = ShownLabels(model, outputs)
+    limit = 40
+    model.config.supervision_hidden_pixels_per_pair = limit
+    try:
+        rays, labels = model.hidden_object_rays(datamanager, torch.Generator().manual_seed(0))
+    finally:
+        model.config.supervision_hidden_pixels_per_pair = OSNModelConfig.supervision_hidden_pixels_per_pair
+    assert len(rays) == len(labels) > 0
+    # brute force: render every returned ray alone at the truth; another foreground object is opaque on it
+    alone = render(model, rays, model.true_scales)["alone_accumulation"]
+    hidden = alone > model.config.validity.min_accumulation
+    hidden[torch.arange(len(labels)), labels] = False
+    hidden[:, 0] = False
+    assert hidden.any(-1).all()
+    # the labels are what the video shows there, and no (shown, hidden) pair has more than its limit
+    shown_again = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
+    assert torch.equal(shown_again, labels)
+    for shown in labels.unique():
+        assert int((labels == shown).sum()) <= limit * (model.num_objects - 1)
+    # a hidden foreground object behind a shown foreground one: where occlusions order the objects
+    fg_pairs = (labels > 0) & hidden.any(-1)
+    assert fg_pairs.any(), "the demo scene should show a foreground object in front of another"

@@ -109,16 +109,26 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         if boundary_pixels_per_object > 0:
             picks += [random_rows(torch.nonzero(near), boundary_pixels_per_object, generator) for near in near_other]
         frame, y, x = torch.cat(picks).unbind(-1)
-        coords = torch.stack([y, x], dim=-1).float() + 0.5
-        cameras = self.train_dataset.cameras.to(self.device)
-        pixel_bundle = cameras.generate_rays(camera_indices=frame[:, None].to(self.device), coords=coords.to(self.device))
         labels = torch.cat([kp_batch["object_id"][:, 0].cpu(), ids[frame, y, x]])
         weights = torch.cat([kp_batch["keypoint_weight"].cpu(), torch.ones(len(frame))])
-        return concat_bundles(kp_bundle, pixel_bundle), labels, weights
+        return concat_bundles(kp_bundle, self.pixel_rays(frame, y, x)), labels, weights
+
+    def pixel_rays(self, frame: Tensor, y: Tensor, x: Tensor) -> RayBundle:
+        """Rays through the centres of training pixels (frame, row, column)."""
+        coords = torch.stack([y, x], dim=-1).float() + 0.5
+        cameras = self.train_dataset.cameras.to(self.device)
+        return cameras.generate_rays(camera_indices=frame[:, None].to(self.device), coords=coords.to(self.device))
+
+    def supervising_labels(self, gap: int) -> Tensor:
+        """[F, H, W] the label of every pixel that may supervise validity (see ``supervision_rays``), -1 elsewhere."""
+        meta = self.scene_metadata
+        ids = self.train_frames[1]
+        inside, _ = supervision_masks(ids, meta.registered, meta.num_objects, gap, 0)
+        return torch.where(torch.stack(inside).any(0), ids, torch.full_like(ids, -1))
 
 
 def random_rows(rows: Tensor, count: int, generator: torch.Generator) -> Tensor:
-    """Up to ``count`` rows of ``rows`` [N, 3], drawn without replacement."""
+    """Up to ``count`` rows of ``rows`` (any [N, ...] tensor), drawn without replacement."""
     return rows[torch.randperm(len(rows), generator=generator)[:count]]
 
 
