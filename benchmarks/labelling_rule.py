@@ -1,0 +1,76 @@
+"""Sweep the validity labelling rule on a trained run against the scene's exact valid set; print a markdown table.
+
+    python benchmarks/labelling_rule.py RUN_DIR [--label-gaps 1 2] [--min-accumulations 0.5 0.9]
+        [--tolerances 0.01 0.03] [--hidden-pixels 0 2048] [--draws 4000]
+
+For every setting the run's fields are rendered on a fresh draw of supervision rays (seed 0; one cache per label
+gap and hidden-pixel count, since those choose the rays) and labelled by ``core/validity.valid_set``. Each row says
+whether the true configuration is inside the labelled set (and by what log-scale margin), the recall (share of
+configurations drawn from the exact valid set that the rule labels valid) and the precision (share of
+configurations drawn from the labelled set that are exactly valid). The scene needs ``evaluation.amodal_depth`` (the
+demo or an indoor benchmark scene).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from machine import load_average, machine_info
+from osn_nerfstudio.core.validity import valid_set
+from osn_nerfstudio.data.ground_truth import exact_valid_set
+from osn_nerfstudio.data.validation import load_scene
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--label-gaps", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--hidden-pixels", type=int, nargs="+", default=[0, 2048])
+    parser.add_argument("--min-accumulations", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
+    args = parser.parse_args()
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    start = time.perf_counter()
+    _, pipeline, _, step = eval_setup(args.run / "config.yml", test_mode="test")
+    model = pipeline.model
+    model.eval()
+    scene = load_scene(pipeline.datamanager.dataparser.config.data, check_files=False)
+    scale_range, truth = model.scale_range.cpu(), model.true_scales.cpu()
+    exact = exact_valid_set(scene, scale_range)
+    exact_draws = exact.sample(args.draws, torch.Generator().manual_seed(1))
+    print(f"# Labelling rule: {args.run} (step {step})\n")
+    print(f"Machine: {machine_info()}; load average {load_average()}\n")
+    print("| label gap | hidden pixels / pair | min accumulation | tolerance | truth inside (margin) | recall | precision | "
+          "constraints | set aside |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = dataclasses.replace(model.config.validity)
+    for gap in args.label_gaps:
+        for hidden in args.hidden_pixels:
+            model.config.supervision_label_gap, model.config.supervision_hidden_pixels_per_pair = gap, hidden
+            cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
+            for min_acc in args.min_accumulations:
+                for tolerance in args.tolerances:
+                    rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance)
+                    labelled = valid_set(cache, scale_range, rule)
+                    if labelled.valid.is_empty():
+                        print(f"| {gap} | {hidden} | {min_acc} | {tolerance} | empty set | | | | |")
+                        continue
+                    margin = float(labelled.valid.margins(truth[None])[0])
+                    recall = float(labelled.valid.contains(exact_draws).float().mean())
+                    members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
+                    precision = float(exact.contains(members).float().mean())
+                    set_aside = labelled.tolerated_weight + labelled.contradicted_weight
+                    print(f"| {gap} | {hidden} | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) | {recall:.3f} | "
+                          f"{precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
+    print(f"\nsweep took {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
