@@ -1,7 +1,7 @@
 """Sweep the validity labelling rule on a trained run against the scene's exact valid set; print a markdown table.
 
     python benchmarks/labelling_rule.py RUN_DIR [--label-gaps 1 2] [--min-accumulations 0.5 0.9]
-        [--tolerances 0.01 0.03] [--hidden-pixels 0 2048] [--draws 4000]
+        [--tolerances 0.01 0.03] [--hidden-pixels 0 2048] [--hidden-gaps 3] [--draws 4000]
 
 For every setting the run's fields are rendered on a fresh draw of supervision rays (seed 0; one cache per label
 gap and hidden-pixel count, since those choose the rays) and labelled by ``core/validity.valid_set``. Each row says
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--label-gaps", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--hidden-pixels", type=int, nargs="+", default=[0, 2048])
+    parser.add_argument("--hidden-gaps", type=int, nargs="+", default=[3], help="supervision_hidden_gap values")
     parser.add_argument("--min-accumulations", type=float, nargs="+", default=[0.5, 0.9])
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
@@ -47,28 +48,30 @@ def main() -> None:
     exact_draws = exact.sample(args.draws, torch.Generator().manual_seed(1))
     print(f"# Labelling rule: {args.run} (step {step})\n")
     print(f"Machine: {machine_info()}; load average {load_average()}\n")
-    print("| label gap | hidden pixels / pair | min accumulation | tolerance | truth inside (margin) | recall | precision | "
+    print("| label gap | hidden pixels / pair (gap) | min accumulation | tolerance | truth inside (margin) | recall | precision | "
           "constraints | set aside |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = dataclasses.replace(model.config.validity)
-    for gap in args.label_gaps:
-        for hidden in args.hidden_pixels:
-            model.config.supervision_label_gap, model.config.supervision_hidden_pixels_per_pair = gap, hidden
-            cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
-            for min_acc in args.min_accumulations:
-                for tolerance in args.tolerances:
-                    rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance)
-                    labelled = valid_set(cache, scale_range, rule)
-                    if labelled.valid.is_empty():
-                        print(f"| {gap} | {hidden} | {min_acc} | {tolerance} | empty set | | | | |")
-                        continue
-                    margin = float(labelled.valid.margins(truth[None])[0])
-                    recall = float(labelled.valid.contains(exact_draws).float().mean())
-                    members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
-                    precision = float(exact.contains(members).float().mean())
-                    set_aside = labelled.tolerated_weight + labelled.contradicted_weight
-                    print(f"| {gap} | {hidden} | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) | {recall:.3f} | "
-                          f"{precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
+    settings = [(gap, hidden, hidden_gap) for gap in args.label_gaps for hidden in args.hidden_pixels
+                for hidden_gap in (args.hidden_gaps if hidden > 0 else [0])]
+    for gap, hidden, hidden_gap in settings:
+        model.config.supervision_label_gap, model.config.supervision_hidden_pixels_per_pair = gap, hidden
+        model.config.supervision_hidden_gap = hidden_gap
+        cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
+        for min_acc in args.min_accumulations:
+            for tolerance in args.tolerances:
+                rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance)
+                labelled = valid_set(cache, scale_range, rule)
+                if labelled.valid.is_empty():
+                    print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | empty set | | | | |")
+                    continue
+                margin = float(labelled.valid.margins(truth[None])[0])
+                recall = float(labelled.valid.contains(exact_draws).float().mean())
+                members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
+                precision = float(exact.contains(members).float().mean())
+                set_aside = labelled.tolerated_weight + labelled.contradicted_weight
+                print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) | {recall:.3f} | "
+                      f"{precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
     print(f"\nsweep took {time.perf_counter() - start:.0f} s")
 
 

@@ -88,14 +88,17 @@ class OSNModelConfig(ModelConfig):
     front; uniform mask pixels rarely land there."""
     supervision_boundary_width: int = 3
     """Pixels from another object that count as next to it."""
-    supervision_label_gap: int = 1
+    supervision_label_gap: int = 2
     """Supervision pixels keep this many pixels from any other label: masks and learned silhouettes are least
-    certain on their outlines."""
-    supervision_hidden_pixels_per_pair: int = 2048
+    certain on their outlines (benchmarks/RESULTS.md: 1 pixel excluded the truth on an indoor scene)."""
+    supervision_hidden_pixels_per_pair: int = 0
     """Supervision pixels per (shown, hidden) pair of objects where a foreground object is hidden behind what the
-    video shows (found by rendering it alone where its box lies); uniform pixels rarely land there. 0: none."""
+    video shows (found by rendering it alone where its box lies). 0: none (they excluded the truth indoors)."""
     supervision_hidden_candidates: int = 1024
     """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
+    supervision_hidden_gap: int = 3
+    """Hidden-object pixels keep this many pixels from the object's own visible pixels: a learned silhouette
+    bleeds past the mask's outline, which would read as the object hidden behind its neighbour."""
     validity: ValidityConfig = field(default_factory=ValidityConfig)
     """Which configurations the refits label valid, and which candidates they label."""
     rgb_loss_mult: float = 1.0
@@ -456,11 +459,13 @@ class OSNModel(Model):
         evidence of which of two objects is in front, and rare among uniform pixels.
 
         In every frame, for every foreground object k, up to ``supervision_hidden_candidates`` pixels whose ray meets
-        k's box but that show another object are drawn; k is rendered alone on them, and those where it is opaque
+        k's box but that show another object, at least ``supervision_hidden_gap`` pixels from any pixel showing k, are
+        drawn; k is rendered alone on them, and those where it is opaque
         (accumulation above the validity rule's ``min_accumulation``) are kept, up to
         ``supervision_hidden_pixels_per_pair`` per (shown, hidden) pair. Returns the rays and their labels.
         """
         labels = datamanager.supervising_labels(self.config.supervision_label_gap)
+        gap = self.config.supervision_hidden_gap
         num_frames, height, width = labels.shape
         found: Dict[Tuple[int, int], List[Tensor]] = {}
         ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
@@ -470,7 +475,8 @@ class OSNModel(Model):
             rays = datamanager.pixel_rays(torch.full_like(pixels, frame), pixels // width, pixels % width)
             hits = self.rays_in_boxes(rays, ones.expand(len(rays), -1), clip_near=False)[4].cpu()
             for k in range(1, self.num_objects):
-                candidates = ((flat >= 0) & (flat != k) & hits[:, k]).nonzero()[:, 0]
+                away = ~datamanager.near_object(frame, k, gap).reshape(-1) if gap > 0 else True
+                candidates = ((flat >= 0) & (flat != k) & hits[:, k] & away).nonzero()[:, 0]
                 candidates = random_rows(candidates, self.config.supervision_hidden_candidates, generator)
                 if len(candidates) == 0:
                     continue

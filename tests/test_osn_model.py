@@ -8,6 +8,7 @@ from torch import nn
 
 from osn_nerfstudio.core.validity import validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+from osn_nerfstudio.data.osn_datamanager import within
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig
 from osn_nerfstudio.osn_model import OSNModelConfig
 
@@ -21,10 +22,11 @@ class BallFields(nn.Module):
         super().__init__()
         self.colours = torch.rand(num_objects, 3, generator=torch.Generator().manual_seed(0))
         self.dummy = nn.Parameter(torch.zeros(1))
+        self.radius = 0.3
 
     def object_density(self, k: int, points: torch.Tensor) -> torch.Tensor:
         centred = points - 0.5
-        inside = centred.abs().amax(-1) > 0.47 if k == 0 else centred.norm(dim=-1) < 0.3
+        inside = centred.abs().amax(-1) > 0.47 if k == 0 else centred.norm(dim=-1) < self.radius
         return inside.float() * 1e4
 
     def object_forward(self, k: int, points: torch.Tensor, directions: torch.Tensor):
@@ -217,26 +219,45 @@ class ShownLabels:
     def supervising_labels(self, gap: int) -> torch.Tensor:
         return self.labels
 
+    def near_object(self, frame: int, k: int, distance: int) -> torch.Tensor:
+        return within((self.labels[frame] == k)[None], distance)[0]
+
     def pixel_rays(self, frame, y, x):
+        self.last_pixels = (frame, y, x)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
         return self.cameras.generate_rays(camera_indices=frame[:, None], coords=coords)
+
+
+def hidden_rays_with(model, datamanager, gap: int, limit: int = 40):
+    model.config.supervision_hidden_pixels_per_pair, model.config.supervision_hidden_gap = limit, gap
+    try:
+        return model.hidden_object_rays(datamanager, torch.Generator().manual_seed(0))
+    finally:
+        model.config.supervision_hidden_pixels_per_pair = OSNModelConfig.supervision_hidden_pixels_per_pair
+        model.config.supervision_hidden_gap = OSNModelConfig.supervision_hidden_gap
+
+
+def hidden_behind(model, datamanager, rays, labels, gap: int) -> torch.Tensor:
+    """[R, K] brute force: foreground objects other than the label that are opaque alone on each ray, and whose own
+    pixels in the ray's frame all lie more than ``gap`` pixels away."""
+    alone = render(model, rays, model.true_scales)["alone_accumulation"]
+    hidden = alone > model.config.validity.min_accumulation
+    hidden[torch.arange(len(labels)), labels] = False
+    hidden[:, 0] = False
+    if gap > 0:
+        frame, y, x = datamanager.last_pixels
+        for k in range(1, model.num_objects):
+            hidden[:, k] &= ~within(datamanager.labels == k, gap)[frame, y, x]
+    return hidden
 
 
 def test_hidden_object_rays_are_pixels_showing_one_object_with_another_opaque_behind(setup):
     model, outputs = setup
     datamanager = ShownLabels(model, outputs)
     limit = 40
-    model.config.supervision_hidden_pixels_per_pair = limit
-    try:
-        rays, labels = model.hidden_object_rays(datamanager, torch.Generator().manual_seed(0))
-    finally:
-        model.config.supervision_hidden_pixels_per_pair = OSNModelConfig.supervision_hidden_pixels_per_pair
+    rays, labels = hidden_rays_with(model, datamanager, gap=0, limit=limit)
     assert len(rays) == len(labels) > 0
-    # brute force: render every returned ray alone at the truth; another foreground object is opaque on it
-    alone = render(model, rays, model.true_scales)["alone_accumulation"]
-    hidden = alone > model.config.validity.min_accumulation
-    hidden[torch.arange(len(labels)), labels] = False
-    hidden[:, 0] = False
+    hidden = hidden_behind(model, datamanager, rays, labels, gap=0)
     assert hidden.any(-1).all()
     # the labels are what the video shows there, and no (shown, hidden) pair has more than its limit
     shown_again = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
@@ -244,5 +265,19 @@ def test_hidden_object_rays_are_pixels_showing_one_object_with_another_opaque_be
     for shown in labels.unique():
         assert int((labels == shown).sum()) <= limit * (model.num_objects - 1)
     # a hidden foreground object behind a shown foreground one: where occlusions order the objects
-    fg_pairs = (labels > 0) & hidden.any(-1)
-    assert fg_pairs.any(), "the demo scene should show a foreground object in front of another"
+    assert ((labels > 0) & hidden.any(-1)).any(), "the demo scene should show a foreground object in front of another"
+
+def test_hidden_object_rays_keep_a_gap_from_the_objects_own_pixels_so_bleed_does_not_count(setup):
+    model, outputs = setup
+    datamanager = ShownLabels(model, outputs)  # masks of balls of radius 0.3
+    truly_hidden, _ = hidden_rays_with(model, datamanager, gap=0, limit=10_000)
+    model.fields.radius = 0.36  # learned silhouettes bleed past the masks
+    try:
+        bleeding, _ = hidden_rays_with(model, datamanager, gap=0, limit=10_000)
+        rays, labels = hidden_rays_with(model, datamanager, gap=2, limit=10_000)
+        # what is left lies more than the gap from the hidden object's own pixels
+        assert hidden_behind(model, datamanager, rays, labels, gap=2).any(-1).all()
+    finally:
+        model.fields.radius = 0.3
+    assert len(bleeding) > 3 * len(truly_hidden), "the bleed should read as hidden without a gap"
+    assert 0 < len(labels) < len(bleeding) / 2

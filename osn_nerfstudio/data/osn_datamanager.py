@@ -119,6 +119,10 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         cameras = self.train_dataset.cameras.to(self.device)
         return cameras.generate_rays(camera_indices=frame[:, None].to(self.device), coords=coords.to(self.device))
 
+    def near_object(self, frame: int, k: int, distance: int) -> Tensor:
+        """[H, W] pixels of a training frame within ``distance`` pixels of a pixel labelled ``k``."""
+        return within((self.train_frames[1][frame] == k)[None], distance)[0]
+
     def supervising_labels(self, gap: int) -> Tensor:
         """[F, H, W] the label of every pixel that may supervise validity (see ``supervision_rays``), -1 elsewhere."""
         meta = self.scene_metadata
