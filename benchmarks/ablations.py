@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from machine import load_average, machine_info
-from quality import evaluate_at
+from quality import evaluate_at, load_run
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("psnr", "ssim", "depth_abs_rel", "depth_mad_mae", "miou")
@@ -62,9 +62,7 @@ def training_view_psnr(pipeline, every: int = 8) -> float:
 
 
 def score(run: Path) -> dict:
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="test")
+    pipeline, _, _ = load_run(run)
     metrics = evaluate_at(pipeline, pipeline.model.true_scales)
     return {"train_psnr": training_view_psnr(pipeline), **{key: metrics[key] for key in KEYS if key in metrics}}
 

@@ -23,7 +23,7 @@ import torch
 from machine import load_average, machine_info
 from osn_nerfstudio.core.validity import valid_set
 from osn_nerfstudio.data.ground_truth import exact_valid_set
-from osn_nerfstudio.data.validation import load_scene
+from quality import load_run
 
 
 def main() -> None:
@@ -36,13 +36,9 @@ def main() -> None:
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
     args = parser.parse_args()
-    from nerfstudio.utils.eval_utils import eval_setup
-
     start = time.perf_counter()
-    _, pipeline, _, step = eval_setup(args.run / "config.yml", test_mode="test")
+    pipeline, step, scene = load_run(args.run)
     model = pipeline.model
-    model.eval()
-    scene = load_scene(pipeline.datamanager.dataparser.config.data, check_files=False)
     scale_range, truth = model.scale_range.cpu(), model.true_scales.cpu()
     exact = exact_valid_set(scene, scale_range)
     exact_draws = exact.sample(args.draws, torch.Generator().manual_seed(1))

@@ -53,6 +53,15 @@ def reversed_configuration(cache, truth: torch.Tensor, i: int, j: int) -> torch.
     return config
 
 
+def load_run(run: Path):
+    """(pipeline, step, scene) of a trained run, its model in eval mode; the scene read from the run's data."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, step = eval_setup(run / "config.yml", test_mode="test")
+    pipeline.model.eval()
+    return pipeline, step, load_scene(pipeline.datamanager.dataparser.config.data, check_files=False)
+
+
 @torch.no_grad()
 def evaluate_at(pipeline, scales: torch.Tensor) -> dict:
     """ns-eval's metrics of the test cameras (their mean over the views) at the configuration ``scales``."""
@@ -84,13 +93,9 @@ def main() -> None:
         help="factors applied to every foreground object's true scale, each evaluated on the test cameras",
     )
     args = parser.parse_args()
-    from nerfstudio.utils.eval_utils import eval_setup
-
     start = time.perf_counter()
-    _, pipeline, _, step = eval_setup(args.run / "config.yml", test_mode="test")
+    pipeline, step, scene = load_run(args.run)
     model = pipeline.model
-    model.eval()
-    scene = load_scene(pipeline.datamanager.dataparser.config.data, check_files=False)
     names, device = model.object_names, model.true_scales.device
     truth = model.true_scales.cpu()
     generator = torch.Generator().manual_seed(0)
