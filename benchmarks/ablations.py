@@ -53,11 +53,11 @@ def training_view_psnr(pipeline, every: int = 8) -> float:
     from osn_nerfstudio.core.metrics import psnr
 
     model, dataset = pipeline.model, pipeline.datamanager.train_dataset
-    model.render_scales.copy_(model.true_scales)
     scores = []
-    for frame in range(0, len(dataset), every):
-        outputs = model.get_outputs_for_camera(dataset.cameras[frame : frame + 1])
-        scores.append(psnr(outputs["rgb"].clamp(0, 1), dataset[frame]["image"][..., :3].to(outputs["rgb"].device)))
+    with model.at_configuration(model.true_scales):
+        for frame in range(0, len(dataset), every):
+            outputs = model.get_outputs_for_camera(dataset.cameras[frame : frame + 1])
+            scores.append(psnr(outputs["rgb"].clamp(0, 1), dataset[frame]["image"][..., :3].to(outputs["rgb"].device)))
     return float(sum(scores) / len(scores))
 
 

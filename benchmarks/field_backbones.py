@@ -80,7 +80,7 @@ class BenchmarkArgs:
 
 def ray_box(
     origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"], low: Tensor, high: Tensor
-) -> Tuple[Float[Tensor, "R"], Float[Tensor, "R"]]:
+) -> Tuple[Float[Tensor, " R"], Float[Tensor, " R"]]:
     """Entry and exit distances of rays through an axis-aligned box (entry > exit where they miss)."""
     inverse = 1.0 / torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
     t_low, t_high = (low - origins) * inverse, (high - origins) * inverse
@@ -89,7 +89,7 @@ def ray_box(
     return t_near, t_far
 
 
-def ray_sphere(origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"]) -> Float[Tensor, "R"]:
+def ray_sphere(origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"]) -> Float[Tensor, " R"]:
     """Distance to the first sphere hit, inf where the ray misses (unit directions)."""
     offset = origins - torch.tensor(SPHERE_CENTRE)
     half_b = (offset * directions).sum(-1)
@@ -117,7 +117,7 @@ def cast_rays(origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"]) -
     return torch.where(hit[:, None], surface_colour(points), torch.full_like(points, BACKGROUND))
 
 
-def look_at(eye: Float[Tensor, "3"]) -> Float[Tensor, "3 3"]:
+def look_at(eye: Float[Tensor, " 3"]) -> Float[Tensor, "3 3"]:
     """Camera-to-world rotation (OpenGL axes: x right, y up, looking along -z) facing the box centre."""
     forward = torch.nn.functional.normalize(0.5 - eye, dim=0)
     up = torch.tensor([0.0, 1.0, 0.0]) if forward[1].abs() < 0.95 else torch.tensor([1.0, 0.0, 0.0])
@@ -156,8 +156,8 @@ class RaySet:
 
     origins: Float[Tensor, "R 3"]
     directions: Float[Tensor, "R 3"]
-    near: Float[Tensor, "R"]
-    far: Float[Tensor, "R"]
+    near: Float[Tensor, " R"]
+    far: Float[Tensor, " R"]
     rgb: Float[Tensor, "R 3"]
 
 

@@ -23,6 +23,7 @@ import torch
 from machine import load_average, machine_info
 from osn_nerfstudio.core.validity import valid_set
 from osn_nerfstudio.data.ground_truth import exact_valid_set
+from osn_nerfstudio.validity_labels import supervision_cache_of
 from quality import load_run
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--label-gaps", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--hidden-pixels", type=int, nargs="+", default=[0, 2048])
-    parser.add_argument("--hidden-gaps", type=int, nargs="+", default=[3], help="supervision_hidden_gap values")
+    parser.add_argument("--hidden-gaps", type=int, nargs="+", default=[3], help="validity.hidden_gap values")
     parser.add_argument("--min-accumulations", type=float, nargs="+", default=[0.5, 0.9])
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
@@ -51,9 +52,9 @@ def main() -> None:
     settings = [(gap, hidden, hidden_gap) for gap in args.label_gaps for hidden in args.hidden_pixels
                 for hidden_gap in (args.hidden_gaps if hidden > 0 else [0])]
     for gap, hidden, hidden_gap in settings:
-        model.config.supervision_label_gap, model.config.supervision_hidden_pixels_per_pair = gap, hidden
-        model.config.supervision_hidden_gap = hidden_gap
-        cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
+        model.config.validity.label_gap, model.config.validity.hidden_pixels_per_pair = gap, hidden
+        model.config.validity.hidden_gap = hidden_gap
+        cache = supervision_cache_of(model, pipeline.datamanager, torch.Generator().manual_seed(0))
         for min_acc in args.min_accumulations:
             for tolerance in args.tolerances:
                 rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance)

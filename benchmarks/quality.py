@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from machine import load_average, machine_info
+from osn_nerfstudio.core.scale_ranges import closest_configuration
 from osn_nerfstudio.core.validity import validity
 from osn_nerfstudio.data.ground_truth import exact_valid_set, occlusion_counts
 from osn_nerfstudio.data.validation import load_scene
+from osn_nerfstudio.validity_labels import label_validity
 
 MIN_OCCLUSION_PIXELS = 20
 """Pixels of overlap (summed over the video) for a pair to count as occluding each other."""
@@ -34,11 +36,10 @@ METRICS = ("psnr", "ssim", "depth_abs_rel", "depth_mad_mae", "miou")
 
 def closest_in_groups(scales: torch.Tensor, truth: torch.Tensor, group: int = 100) -> list[tuple[float, torch.Tensor]]:
     """(largest log-scale gap to the truth, configuration) of the closest configuration in each consecutive group."""
-    gap = (scales.log() - truth.log()).abs().amax(-1)
     closest = []
-    for start in range(0, len(gap) - group + 1, group):
-        index = start + int(gap[start : start + group].argmin())
-        closest.append((float(gap[index]), scales[index]))
+    for start in range(0, len(scales) - group + 1, group):
+        index, gap = closest_configuration(scales[start : start + group], truth)
+        closest.append((gap, scales[start + index]))
     return closest
 
 
@@ -68,9 +69,8 @@ def evaluate_at(pipeline, scales: torch.Tensor) -> dict:
     from osn_nerfstudio.osn_pipeline import average_over
 
     model = pipeline.model
-    model.eval()
-    model.render_scales.copy_(scales.to(model.render_scales.device))
-    return average_over(pipeline.evaluate_images(None, None), get_std=False)
+    with model.evaluating(), model.at_configuration(scales):
+        return average_over(pipeline.evaluate_images(None, None), get_std=False)
 
 
 def metric_table(rows: list[tuple[float, dict]], keys: list[str], truth: dict | None) -> str:
@@ -100,8 +100,8 @@ def main() -> None:
     truth = model.true_scales.cpu()
     generator = torch.Generator().manual_seed(0)
 
-    cache = model.supervision_cache_of(pipeline.datamanager, generator)
-    labelled = model.valid_set(cache)
+    labels = label_validity(model, pipeline.datamanager, generator)
+    cache, labelled = labels.cache, labels.labelled
     sampled = model.scale_network.sample(args.samples, generator=generator)
     scales = sampled.scales.cpu()
     exact = exact_valid_set(scene, model.scale_range.cpu())

@@ -12,8 +12,9 @@ where it stopped:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -22,33 +23,22 @@ from torch import Tensor, nn
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.models.base_model import Model, ModelConfig
-from nerfstudio.utils import colormaps
+from nerfstudio.utils import colormaps, comms
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.progress import track
 
+from osn_nerfstudio import distributed
 from osn_nerfstudio.core import metrics as metrics_lib
-from osn_nerfstudio.core.compositing import (
-    AloneOutputs,
-    CompositeOutputs,
-    ObjectSamples,
-    composite,
-    distortion,
-    render_alone,
-)
-from osn_nerfstudio.core.geometry import interpolate_poses, intersect_aabb, normalise_to_box, rays_in_objects
-from osn_nerfstudio.core.validity import (
-    LabelledSet,
-    SupervisionCache,
-    ValidityConfig,
-    labelled_candidates,
-    valid_set,
-)
-from osn_nerfstudio.data.osn_datamanager import concat_bundles, random_rows
+from osn_nerfstudio.core.compositing import AloneOutputs, CompositeOutputs, ObjectSamples, composite, distortion, render_alone
+from osn_nerfstudio.core.geometry import interpolate_poses
+from osn_nerfstudio.core.scale_ranges import closest_configuration
+from osn_nerfstudio.core.validity import ValidityConfig, labelled_candidates
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNSceneMetadata
+from osn_nerfstudio.data.osn_dataset import UNKNOWN_OBJECT
 from osn_nerfstudio.fields.object_fields import ObjectExtent, ObjectFields, ObjectFieldsConfig
+from osn_nerfstudio.model_components.object_sampler import BoxRays, ObjectBoxSampler, rays_in_boxes
 from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
+from osn_nerfstudio.validity_labels import label_validity
 
 
 @dataclass
@@ -80,27 +70,8 @@ class OSNModelConfig(ModelConfig):
     """Field steps between two refits of the scale network in phase 2."""
     configurations_per_batch: int = 4
     """Valid configurations sampled per training step; the batch's rays are split among them."""
-    supervision_pixels_per_object: int = 4096
-    """Mask pixels per object added to all keypoints to form the rays that decide validity (caching 28k rays
-    costs about a second on a 2-core CPU)."""
-    supervision_boundary_pixels_per_object: int = 1024
-    """Extra supervision pixels per object next to another object, where the video shows which of the two is in
-    front; uniform mask pixels rarely land there."""
-    supervision_boundary_width: int = 3
-    """Pixels from another object that count as next to it."""
-    supervision_label_gap: int = 2
-    """Supervision pixels keep this many pixels from any other label: masks and learned silhouettes are least
-    certain on their outlines (benchmarks/RESULTS.md: 1 pixel excluded the truth on an indoor scene)."""
-    supervision_hidden_pixels_per_pair: int = 0
-    """Supervision pixels per (shown, hidden) pair of objects where a foreground object is hidden behind what the
-    video shows (found by rendering it alone where its box lies). 0: none (they excluded the truth indoors)."""
-    supervision_hidden_candidates: int = 1024
-    """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
-    supervision_hidden_gap: int = 3
-    """Hidden-object pixels keep this many pixels from the object's own visible pixels: a learned silhouette
-    bleeds past the mask's outline, which would read as the object hidden behind its neighbour."""
     validity: ValidityConfig = field(default_factory=ValidityConfig)
-    """Which configurations the refits label valid, and which candidates they label."""
+    """Validity labelling: the supervision rays, the rule that labels configurations valid, the labelled candidates."""
     rgb_loss_mult: float = 1.0
     """Colour loss of composite renders (phase 2)."""
     alone_rgb_loss_mult: float = 1.0
@@ -161,8 +132,13 @@ class OSNModel(Model):
         for parameter in self.fields.parameters():
             parameter.register_hook(zero_non_finite)
         self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
-        self.coarse_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
-        self.fine_sampler = PDFSampler(num_samples=self.config.num_fine_samples, include_original=True)
+        self.sampler = ObjectBoxSampler(
+            self.num_objects,
+            self.config.num_coarse_samples,
+            self.config.num_fine_samples,
+            self.config.background_coarse_samples,
+            self.config.background_fine_samples,
+        )
         color = 1.0 if self.config.background_color == "white" else 0.0
         self.register_buffer("background", torch.full((3,), color))
         self.step = 0
@@ -188,7 +164,9 @@ class OSNModel(Model):
         def before_step(step: int) -> None:
             self.step = step
             if self.phase(step) == "alternation":
-                drawn = self.scale_network.sample(self.config.configurations_per_batch)
+                # seeded by the step: every process of a multi-device run draws the same configurations
+                generator = torch.Generator().manual_seed(TRAINING_DRAWS_SEED + step)
+                drawn = self.scale_network.sample(self.config.configurations_per_batch, generator)
                 self.sampling_fallbacks += int(drawn.fell_back)
                 self.train_scales.copy_(drawn.scales)
 
@@ -204,7 +182,7 @@ class OSNModel(Model):
 
     # ---------------------------------------------------------------- rendering
 
-    def frame_positions(self, ray_bundle: RayBundle) -> Float[Tensor, "R"]:
+    def frame_positions(self, ray_bundle: RayBundle) -> Float[Tensor, " R"]:
         """Fractional frame of every ray: camera metadata, else its time, else ``render_frame``."""
         num_rays = ray_bundle.origins.shape[0]
         if "frame_index" in ray_bundle.metadata:
@@ -213,6 +191,13 @@ class OSNModel(Model):
             return time_to_frame(ray_bundle.times[:, 0], self.frame_times)
         return torch.full((num_rays,), self.config.render_frame, device=ray_bundle.origins.device)
 
+    def rays_in_boxes(self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], clip_near: bool) -> BoxRays:
+        """Every ray in every object's frame and units at its frame's poses, and the part of it inside the object's box
+        (see :func:`rays_in_boxes`); with ``clip_near``, nothing closer than the scene's near bound at ``scales``."""
+        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
+        near = self.depth_bounds[0] if clip_near else None
+        return rays_in_boxes(ray_bundle, poses, present, self.bbox_min, self.bbox_max, scales, near)
+
     def sample_objects(
         self,
         ray_bundle: RayBundle,
@@ -220,105 +205,14 @@ class OSNModel(Model):
         active: Optional[Bool[Tensor, "R K"]] = None,
         clip_near: bool = True,
     ) -> Tuple[ObjectSamples, Bool[Tensor, "R K"]]:
-        """Samples of every object inside its box along every ray, with the fields evaluated there, and whether each
-        object is present on each ray (registered in a frame next to the ray's).
+        """Samples of every object inside its box along every ray with the fields evaluated there (only where
+        ``active`` allows), and whether each object is present on each ray (registered next to the ray's frame).
 
-        Only (ray, object) pairs where the ray meets the object's box (and ``active`` allows) are evaluated;
-        the others get zero density. With ``clip_near`` nothing is sampled closer to the camera than the
-        scene's near bound at ``scales``; renders of objects alone in their own units (the bootstrap, the
-        validity cache) must not clip, since their own units say nothing about the scene's near bound.
+        Renders of objects alone in their own units (the bootstrap, the validity cache) pass ``clip_near=False``:
+        their own units say nothing about the scene's near bound.
         """
-        num_rays, K = ray_bundle.origins.shape[0], self.num_objects
-        origins, directions, nears, fars, hit, present = self.rays_in_boxes(ray_bundle, scales, clip_near)
-        if active is not None:
-            hit = hit & active
-        # pairs ordered by object, so that each object's samples are one contiguous block for its field
-        objects, rays = torch.nonzero(hit.T, as_tuple=True)
-        pair_rays = RayBundle(
-            origins=origins[rays, objects],
-            directions=directions[rays, objects],
-            pixel_area=torch.ones(len(rays), 1, device=origins.device),
-            nears=nears[rays, objects, None],
-            fars=fars[rays, objects, None],
-        )
-        # the background's pairs come first (pairs are in object order), and may have their own sample budget
-        num_background = int((objects == 0).sum())
-        groups = [
-            (slice(0, num_background), self.config.background_coarse_samples, self.config.background_fine_samples),
-            (slice(num_background, len(objects)), None, None),
-        ]
-        blocks = [self.sample_in_boxes(pair_rays[part], objects[part], coarse, fine) for part, coarse, fine in groups]
-        width = max(block[0].shape[-1] for block in blocks)
-        starts, ends, density, rgb = (torch.cat([pad_samples(block[i], width) for block in blocks]) for i in range(4))
-        # every pair's samples go to its (ray, object) slot of the dense [R, K, N] layout; the rest stay empty
-        slots, num_slots = rays * K + objects, num_rays * K
-        object_samples = ObjectSamples(
-            starts=to_slots(starts, slots, num_slots).view(num_rays, K, -1),
-            ends=to_slots(ends, slots, num_slots).view(num_rays, K, -1),
-            density=to_slots(density, slots, num_slots).view(num_rays, K, -1),
-            rgb=to_slots(rgb, slots, num_slots).view(num_rays, K, -1, 3),
-        )
-        return object_samples, present
-
-    def rays_in_boxes(self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], clip_near: bool):
-        """Every ray in every object's frame and units (origins, directions [R, K, 3]), where it enters and leaves the
-        object's box (nears, fars [R, K]), whether it meets the box of a present object (hit [R, K]), and whether the
-        object is present (registered next to the ray's frame)."""
-        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
-        origins, directions = rays_in_objects(ray_bundle.origins, ray_bundle.directions, poses[:, 0], poses, scales)
-        nears, fars, hit = intersect_aabb(origins, directions, self.bbox_min.expand_as(origins), self.bbox_max.expand_as(origins))
-        if clip_near:  # nothing sits closer to the camera than the scene's near bound, whatever its scale
-            nears = torch.maximum(nears, self.depth_bounds[0] / scales)
-        return origins, directions, nears, fars, hit & present & (fars > nears), present
-
-    def sample_in_boxes(
-        self, pair_rays: RayBundle, objects: Tensor, num_coarse: Optional[int] = None, num_fine: Optional[int] = None
-    ) -> Tuple[Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N 3"]]:
-        """Stratified samples inside each ray's object box, then PDF samples from their weights; fields at all of them.
-
-        ``pair_rays`` are rays in object space grouped by object (``objects`` [P], non-decreasing): nerfstudio's
-        samplers run once on all of them, each object's field once on its block. Returns every sample's interval
-        (starts, ends), density and colour; ``num_coarse`` and ``num_fine`` (None: the config's) set the budget.
-        """
-        num_coarse = num_coarse or self.config.num_coarse_samples
-        num_fine = num_fine or self.config.num_fine_samples
-        if len(objects) == 0:
-            empty = pair_rays.origins.new_zeros(0, num_coarse + num_fine + 1)
-            return empty, empty, empty, empty[..., None].expand(-1, -1, 3)
-        counts = torch.bincount(objects, minlength=self.num_objects).tolist()
-        coarse = self.coarse_sampler(pair_rays, num_samples=num_coarse)
-        # the PDF sampler detaches its bins, so the coarse densities never need gradients
-        with torch.no_grad():
-            coarse_density = self.object_densities(self.unit_points(objects, coarse.frustums.get_positions()), counts)
-        fine = self.fine_sampler(pair_rays, coarse, coarse.get_weights(coarse_density[..., None]), num_samples=num_fine)
-        # one direction per ray: the fields encode it once for all the ray's samples
-        density, rgb = self.object_radiance(
-            self.unit_points(objects, fine.frustums.get_positions()), pair_rays.directions[:, None, :], counts
-        )
-        return fine.frustums.starts[..., 0], fine.frustums.ends[..., 0], density, rgb
-
-    def object_densities(self, points: Float[Tensor, "P N 3"], counts: List[int]) -> Float[Tensor, "P N"]:
-        """Each object's density at its block of pairs (``counts`` pairs per object, in object order)."""
-        blocks = [self.fields.object_density(k, object_points) for k, object_points in object_blocks(points, counts)]
-        return torch.cat(blocks) if blocks else points.new_zeros(points.shape[:-1])
-
-    def object_radiance(
-        self, points: Float[Tensor, "P N 3"], directions: Float[Tensor, "P 1 3"], counts: List[int]
-    ) -> Tuple[Float[Tensor, "P N"], Float[Tensor, "P N 3"]]:
-        """Each object's density and colour at its block of pairs (``counts`` pairs per object, in object order)."""
-        evaluated = [
-            self.fields.object_forward(k, object_points, object_directions)
-            for (k, object_points), (_, object_directions) in zip(
-                object_blocks(points, counts), object_blocks(directions, counts)
-            )
-        ]
-        if not evaluated:
-            return points.new_zeros(points.shape[:-1]), points.new_zeros(*points.shape[:-1], 3)
-        return torch.cat([density for density, _ in evaluated]), torch.cat([rgb for _, rgb in evaluated])
-
-    def unit_points(self, objects: Tensor, positions: Float[Tensor, "P N 3"]) -> Float[Tensor, "P N 3"]:
-        """Positions of each pair's samples in its object's unit box ``objects`` [P]."""
-        return normalise_to_box(positions, self.bbox_min[objects, None], self.bbox_max[objects, None]).clamp(0.0, 1.0)
+        box_rays = self.rays_in_boxes(ray_bundle, scales, clip_near)
+        return self.sampler(box_rays, self.fields, self.bbox_min, self.bbox_max, active), box_rays.present
 
     def scales_per_ray(self, num_rays: int, device) -> Float[Tensor, "R K"]:
         if self.training:
@@ -326,9 +220,17 @@ class OSNModel(Model):
             return self.train_scales[torch.arange(num_rays, device=device) % groups]
         return self.render_scales.expand(num_rays, -1)
 
-    def get_outputs(self, ray_bundle: RayBundle, active: Optional[Tensor] = None, clip_near: bool = True) -> Dict[str, Tensor]:
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """Scaled composite render of every ray at its configuration, and each object alone.
+
+        During the bootstrap's training steps each ray renders only its labelled object (``metadata["object_id"]``)
+        and the foreground objects (for carving), each alone in its own units.
+        """
         num_rays = ray_bundle.origins.shape[0]
         scales = self.scales_per_ray(num_rays, ray_bundle.origins.device)
+        active, clip_near = None, True
+        if self.training and self.phase(self.step) == "bootstrap" and "object_id" in ray_bundle.metadata:
+            active, clip_near = self.bootstrap_objects(ray_bundle.metadata["object_id"][:, 0].long()), False
         samples, present = self.sample_objects(ray_bundle, scales, active, clip_near)
         mixed = composite(samples, scales, self.background)
         alone = render_alone(samples)
@@ -338,16 +240,13 @@ class OSNModel(Model):
             outputs["alone_distortion"] = distortion(alone.weights, samples.starts, samples.ends) / diagonal
         return outputs
 
-    def get_training_outputs(self, ray_bundle: RayBundle, batch: Dict) -> Dict[str, Tensor]:
-        """Training forward pass: during the bootstrap each ray renders its labelled object and the foreground
-        objects (for carving), each alone in its own units."""
-        if self.phase(self.step) != "bootstrap":
-            return self.get_outputs(ray_bundle)
-        labels = batch["object_id"][:, 0].to(ray_bundle.origins.device).long()
+    def bootstrap_objects(self, labels: Tensor) -> Bool[Tensor, "R K"]:
+        """Objects each ray renders during the bootstrap: its labelled one, and with carving every foreground one;
+        none on rays of unknown objects."""
         active = F.one_hot(labels.clamp_min(0), self.num_objects).bool()
         if self.config.carving_loss_mult > 0:
             active[:, 1:] = True
-        return self.get_outputs(ray_bundle, active & (labels >= 0)[:, None], clip_near=False)
+        return active & (labels != UNKNOWN_OBJECT)[:, None]
 
     def collect_outputs(
         self, ray_bundle: RayBundle, scales: Tensor, mixed: CompositeOutputs, alone: AloneOutputs
@@ -398,7 +297,7 @@ class OSNModel(Model):
         kp_depth = batch.get("keypoint_depth", torch.zeros_like(kp_weight)).to(device)
         label_index = labels.clamp_min(0)[:, None]
         # a pixel of an unknown object, or of one not registered in its frame, shows what no render can place
-        known = (labels >= 0) & outputs["present"].gather(1, label_index)[:, 0]
+        known = (labels != UNKNOWN_OBJECT) & outputs["present"].gather(1, label_index)[:, 0]
         directions_norm = outputs["directions_norm"][:, 0]
         # keypoint z-depth (own units) as a distance along the unit-length object-space ray
         kp_distance = kp_depth * directions_norm
@@ -437,119 +336,67 @@ class OSNModel(Model):
 
     # ---------------------------------------------------------------- scale network
 
-    def supervision_cache_of(self, datamanager, generator: torch.Generator, progress: bool = False) -> SupervisionCache:
-        """The cache of a fresh draw of the datamanager's supervision rays (the model's sampling settings); with
-        ``progress``, a progress bar shows the rendering."""
-        rays, labels, weights = datamanager.supervision_rays(
-            self.config.supervision_pixels_per_object,
-            generator,
-            self.config.supervision_boundary_pixels_per_object,
-            self.config.supervision_boundary_width,
-            self.config.supervision_label_gap,
-        )
-        if self.config.supervision_hidden_pixels_per_pair > 0:
-            hidden_rays, hidden_labels = self.hidden_object_rays(datamanager, generator)
-            rays = concat_bundles(rays, hidden_rays)
-            labels, weights = torch.cat([labels, hidden_labels]), torch.cat([weights, torch.ones(len(hidden_labels))])
-        return self.supervision_cache(rays, labels, weights, progress=progress)
-
-    @torch.no_grad()
-    def hidden_object_rays(self, datamanager, generator: torch.Generator) -> Tuple[RayBundle, Tensor]:
-        """Supervision pixels where a foreground object lies hidden behind the object the video shows: the tightest
-        evidence of which of two objects is in front, and rare among uniform pixels.
-
-        In every frame, for every foreground object k, up to ``supervision_hidden_candidates`` pixels whose ray meets
-        k's box but that show another object, at least ``supervision_hidden_gap`` pixels from any pixel showing k, are
-        drawn; k is rendered alone on them, and those where it is opaque
-        (accumulation above the validity rule's ``min_accumulation``) are kept, up to
-        ``supervision_hidden_pixels_per_pair`` per (shown, hidden) pair. Returns the rays and their labels.
-        """
-        labels = datamanager.supervising_labels(self.config.supervision_label_gap)
-        gap = self.config.supervision_hidden_gap
-        num_frames, height, width = labels.shape
-        found: Dict[Tuple[int, int], List[Tensor]] = {}
-        ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
-        for frame in range(num_frames):
-            flat = labels[frame].reshape(-1)
-            pixels = torch.arange(len(flat))
-            rays = datamanager.pixel_rays(torch.full_like(pixels, frame), pixels // width, pixels % width)
-            hits = self.rays_in_boxes(rays, ones.expand(len(rays), -1), clip_near=False)[4].cpu()
-            for k in range(1, self.num_objects):
-                away = ~datamanager.near_object(frame, k, gap).reshape(-1) if gap > 0 else True
-                candidates = ((flat >= 0) & (flat != k) & hits[:, k] & away).nonzero()[:, 0]
-                candidates = random_rows(candidates, self.config.supervision_hidden_candidates, generator)
-                if len(candidates) == 0:
-                    continue
-                alone = F.one_hot(torch.full((len(candidates),), k), self.num_objects).bool().to(ones.device)
-                samples, _ = self.sample_objects(rays[candidates.to(ones.device)], ones.expand(len(candidates), -1), alone, False)
-                opaque = candidates[render_alone(samples).accumulation[:, k].cpu() > self.config.validity.min_accumulation]
-                for shown in flat[opaque].unique().tolist():
-                    found.setdefault((shown, k), []).append(frame * height * width + opaque[flat[opaque] == shown])
-        picks = [random_rows(torch.cat(p), self.config.supervision_hidden_pixels_per_pair, generator) for p in found.values()]
-        picks = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
-        frame, pixel = picks // (height * width), picks % (height * width)
-        return datamanager.pixel_rays(frame, pixel // width, pixel % width), labels[frame, pixel // width, pixel % width]
-
-    @torch.no_grad()
-    def supervision_cache(
-        self, ray_bundle: RayBundle, labels: Tensor, weights: Tensor, chunk: int = 4096, progress: bool = False
-    ) -> SupervisionCache:
-        """Every object rendered alone on the supervision rays: own-unit depth and accumulation."""
-        depths, accs = [], []
-        ones = torch.ones(1, self.num_objects, device=self.bbox_min.device)
-        starts = range(0, len(ray_bundle), chunk)
-        if progress:
-            starts = track(starts, description="Rendering every object alone on the supervision rays", console=CONSOLE)
-        for start in starts:
-            rays = ray_bundle[start : start + chunk].to(self.bbox_min.device)
-            alone = render_alone(self.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False)[0])
-            depths.append(alone.depth)
-            accs.append(alone.accumulation)
-        return SupervisionCache(
-            depth=torch.cat(depths).cpu(), acc=torch.cat(accs).cpu(), label=labels.long().cpu(), weight=weights.float().cpu()
-        )
-
     def refit_scale_network(self, datamanager, step: int) -> Dict[str, float]:
-        """Refresh the cache, find the configurations the validity rule labels valid, and fit the scale network to
-        candidates labelled by it."""
+        """Label validity on fresh supervision rays, fit the scale network to candidates labelled by it, and choose
+        the render configuration. On several devices the main process refits and the others receive its result."""
         if self.num_objects < 2:
             return {}
-        was_training = self.training
-        self.eval()
+        stats = self.fit_scale_network(datamanager, step) if comms.is_main_process() else {}
+        distributed.broadcast_from_main([*self.scale_network.parameters(), *self.scale_network.buffers(), self.render_scales])
+        distributed.check_processes_agree(self, f"After the refit at step {step}, the model")
+        return stats
+
+    def fit_scale_network(self, datamanager, step: int) -> Dict[str, float]:
+        """The refit itself (:meth:`refit_scale_network`), seeded by the step so that it is reproducible."""
         generator = torch.Generator().manual_seed(step)
-        cache = self.supervision_cache_of(datamanager, generator)
-        self.train(was_training)
-        labelled = self.valid_set(cache)
-        u, labels = labelled_candidates(labelled.valid, self.scale_network.ranges, self.config.validity, generator)
+        with self.evaluating():
+            labels = label_validity(self, datamanager, generator)
+        u, valid = labelled_candidates(labels.valid, self.scale_network.ranges, self.config.validity, generator)
         device = self.bbox_min.device
-        self.scale_network.set_input_frame(u[labels].to(device))
-        stats = self.scale_network.fit(u.to(device), labels.to(device), generator=generator)
-        self.scale_network.set_proposal(labelled.valid)
+        self.scale_network.set_input_frame(u[valid].to(device))
+        stats = self.scale_network.fit(u.to(device), valid.to(device), generator=generator)
+        self.scale_network.set_proposal(labels.valid)
+        self.choose_render_scales(generator)
         fallbacks, self.sampling_fallbacks = self.sampling_fallbacks, 0
-        self.choose_render_scales(cache)
+        labelled = labels.labelled
         share = labelled.contradicted_weight / max(labelled.constraint_weight, 1e-12)
         CONSOLE.print(
-            f"step {step}: scale network refit on {cache.num_rays} rays ({labelled.constraint_weight:.0f} constraints, "
-            f"{share:.1%} set aside as contradicted); {int(labels.sum())}/{len(labels)} candidates valid; fit balanced "
-            f"accuracy {stats['balanced_accuracy']:.3f}"
+            f"step {step}: scale network refit on {labels.cache.num_rays} rays ({labelled.constraint_weight:.0f} "
+            f"constraints, {share:.1%} set aside as contradicted); {int(valid.sum())}/{len(valid)} candidates valid; "
+            f"fit balanced accuracy {stats['balanced_accuracy']:.3f}"
             + (f"; {fallbacks} training draws fell back since the last refit" if fallbacks else "")
             + f"; render scales {[round(s, 3) for s in self.render_scales.tolist()]}"
         )
-        return {"valid_fraction": float(labels.float().mean()), "contradicted_share": share, **stats}
-
-    def valid_set(self, cache: SupervisionCache) -> LabelledSet:
-        """What the validity rule labels valid on ``cache`` (``.valid``), with what it set aside."""
-        return valid_set(cache, self.scale_range.cpu(), self.config.validity)
+        return {"valid_fraction": float(valid.float().mean()), "contradicted_share": share, **stats}
 
     @torch.no_grad()
-    def choose_render_scales(self, cache: SupervisionCache, num_samples: int = 100) -> None:
+    def choose_render_scales(self, generator: torch.Generator, num_samples: int = 100) -> None:
         """Render at the sampled valid configuration closest to the truth (log space) when it is known."""
-        sampled = self.scale_network.sample(num_samples).scales.to(self.render_scales.device)
+        sampled = self.scale_network.sample(num_samples, generator).scales.to(self.render_scales.device)
         if torch.isnan(self.true_scales).any():
             self.render_scales.copy_(sampled[0])
             return
-        distance = (sampled.log() - self.true_scales.log()).abs().amax(-1)
-        self.render_scales.copy_(sampled[distance.argmin()])
+        self.render_scales.copy_(sampled[closest_configuration(sampled, self.true_scales)[0]])
+
+    @contextlib.contextmanager
+    def at_configuration(self, scales: Float[Tensor, " K"]) -> Iterator[None]:
+        """Render at ``scales`` inside the block; the render configuration is restored after it, whatever happens."""
+        saved = self.render_scales.clone()
+        self.render_scales.copy_(scales.to(saved.device))
+        try:
+            yield
+        finally:
+            self.render_scales.copy_(saved)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode inside the block (renders at the render configuration); the previous mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     # ---------------------------------------------------------------- evaluation images
 
@@ -595,6 +442,9 @@ class OSNModel(Model):
         return metrics, images
 
 
+TRAINING_DRAWS_SEED = 1 << 40
+"""Offset of the seeds of training-configuration draws (one per step) from the refits' seeds (the step)."""
+
 RAY_ONLY_OUTPUTS = ("alone_rgb", "alone_depth", "alone_accumulation", "scales", "directions_norm", "present", "alone_distortion")
 """Outputs of ``get_outputs`` that only the losses use (per-object stacks and per-ray bookkeeping); images of a
 camera leave them out."""
@@ -610,7 +460,7 @@ def object_extents(meta: OSNSceneMetadata) -> List[ObjectExtent]:
     return extents
 
 
-def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) -> Float[Tensor, "R"]:
+def time_to_frame(times: Float[Tensor, " R"], frame_times: Float[Tensor, " F"]) -> Float[Tensor, " R"]:
     """Fractional frame index of normalised times (piecewise linear between frame times)."""
     if frame_times.numel() == 1:
         return torch.zeros_like(times)
@@ -619,28 +469,6 @@ def time_to_frame(times: Float[Tensor, "R"], frame_times: Float[Tensor, "F"]) ->
     lower = upper - 1
     span = (frame_times[upper] - frame_times[lower]).clamp_min(1e-12)
     return lower.float() + (times - frame_times[lower]) / span
-
-
-def object_blocks(values: Tensor, counts: List[int]) -> List[Tuple[int, Tensor]]:
-    """(object, its rows) of ``values`` grouped by object with ``counts`` rows each, skipping empty objects."""
-    return [(k, block) for k, block in enumerate(values.split(counts)) if len(block) > 0]
-
-
-def pad_samples(values: Float[Tensor, "P N *rest"], width: int) -> Float[Tensor, "P W *rest"]:
-    """Samples padded with zeros to ``width`` per pair: empty samples (no density, no interval) change no render."""
-    missing = width - values.shape[1]
-    if missing == 0:
-        return values
-    return torch.cat([values, values.new_zeros(values.shape[0], missing, *values.shape[2:])], dim=1)
-
-
-def to_slots(values: Float[Tensor, "P *rest"], slots: Tensor, num_slots: int) -> Float[Tensor, "S *rest"]:
-    """Rows of ``values`` placed at rows ``slots`` of a zero tensor with ``num_slots`` rows.
-
-    Out of place: its backward only gathers the rows' gradients (in-place writes into a zero tensor would
-    copy and mask the whole gradient once per write).
-    """
-    return values.new_zeros(num_slots, *values.shape[1:]).index_copy(0, slots, values)
 
 
 def zero_non_finite(gradient: Tensor) -> Tensor:

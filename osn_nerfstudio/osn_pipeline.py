@@ -1,21 +1,26 @@
-"""Pipeline that lets the OSN model see each training batch's labels (the bootstrap renders only them), and
-evaluates the test images at several configurations of object scales."""
+"""nerfstudio's pipeline for the OSN model: training through the (DistributedDataParallel-wrapped) model on one or
+several devices, CPUs included, and evaluation of the test images at several configurations of object scales."""
 
 from __future__ import annotations
 
 import math
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Type
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torchvision.utils as vutils
 from PIL import Image
+from torch.amp import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -33,8 +38,22 @@ class OSNPipelineConfig(VanillaPipelineConfig):
 
 
 class OSNPipeline(VanillaPipeline):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: OSNPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        # nerfstudio wraps the model for CUDA devices only (device_ids=[local_rank]); the wrap below serves CPUs too
+        super().__init__(config, device, test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler)
+        self.world_size = world_size
+        if world_size > 1:
+            device_ids = [local_rank] if torch.device(device).type == "cuda" else None
+            self._model = typing.cast(Model, DDP(self._model, device_ids=device_ids, find_unused_parameters=True))
+            dist.barrier(device_ids=device_ids)
         # imported here: it loads the viewer (viser), which the plugin's entry points must not pay for
         from osn_nerfstudio.viewer_controls import attach_viewer_controls
 
@@ -51,13 +70,6 @@ class OSNPipeline(VanillaPipeline):
 
         follow = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], follow_refit, update_every_num_iters=1)
         return [*super().get_training_callbacks(training_callback_attributes), follow]
-
-    def get_train_loss_dict(self, step: int):
-        ray_bundle, batch = self.datamanager.next_train(step)
-        model_outputs = self.model.get_training_outputs(ray_bundle, batch)
-        metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
-        loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
-        return model_outputs, loss_dict, metrics_dict
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
@@ -85,20 +97,14 @@ class OSNPipeline(VanillaPipeline):
             configurations.update({f"sample_{i}": scales for i, scales in enumerate(sampled.scales)})
 
         image_prefixes = {"render": "eval", "gt": "gt_scales"}
-        was_training = self.training
-        self.eval()
-        try:
-            per_image = {}
-            with progress_bar() as progress:
-                for name, scales in configurations.items():
-                    CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
-                    model.render_scales.copy_(scales)
-                    prefix = image_prefixes.get(name) if output_path is not None else None
-                    task = progress.add_task(f"configuration {name}", total=len(self.datamanager.fixed_indices_eval_dataloader))
+        per_image = {}
+        with model.evaluating(), progress_bar() as progress:
+            for name, scales in configurations.items():
+                CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
+                prefix = image_prefixes.get(name) if output_path is not None else None
+                task = progress.add_task(f"configuration {name}", total=len(self.datamanager.fixed_indices_eval_dataloader))
+                with model.at_configuration(scales):
                     per_image[name] = self.evaluate_images(output_path, prefix, lambda: progress.advance(task))
-        finally:
-            model.render_scales.copy_(render_scales)
-            self.train(was_training)
 
         averages = {name: average_over(rows, get_std) for name, rows in per_image.items()}
         results = dict(averages.pop("render"))

@@ -21,7 +21,10 @@ from typing import List, Optional, Type
 import torch
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
+
+from osn_nerfstudio import distributed
 
 
 @dataclass
@@ -78,9 +81,16 @@ class OSNTrainer(Trainer):
             super().train()
         finally:
             self.config.max_num_iterations = total
+        if self.world_size > 1:
+            distributed.check_processes_agree(self.pipeline.model, "The trained model")
+            if comms.is_main_process():
+                CONSOLE.print(f"The {self.world_size} training processes hold identical fields and scale networks.")
 
     def save_checkpoint(self, step: int) -> None:
-        """nerfstudio's checkpoint, written to a temporary file next to the folder and renamed into it."""
+        """nerfstudio's checkpoint, written to a temporary file next to the folder and renamed into it (by the main
+        process only, when several train together)."""
+        if not comms.is_main_process():
+            return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         final = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         partial = self.checkpoint_dir.parent / f".{final.name}.partial"

@@ -1,4 +1,4 @@
-"""The object scale network (OSN): which configurations of object scales reproduce the video (DESIGN.md section 2).
+"""The object scale network (OSN): which configurations of object scales reproduce the video (docs/method.md).
 
 Pure torch. A configuration is ``s = (1, s_1, ..., s_{K-1})``; the network sees it as the normalised log-scale
 ``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` in [0, 1]^(K-1) and outputs the logit of the probability
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from osn_nerfstudio.core.scale_ranges import ScaleRanges
 from osn_nerfstudio.core.valid_set import ValidSet, unbounded
 
 
@@ -47,50 +48,13 @@ class ScaleNetworkConfig:
     """Smallest spread (normalised log-scale) the network's input frame gives any direction of the valid set."""
 
 
-class ScaleRanges:
-    """Log-space normalisation between scales ``[..., K]`` and the network's input ``u`` in [0, 1]^(K-1)."""
-
-    def __init__(self, scale_range: Float[Tensor, "K 2"]) -> None:
-        if scale_range.ndim != 2 or scale_range.shape[1] != 2 or scale_range.shape[0] < 1:
-            raise ValueError(f"scale_range must be [K, 2] with K >= 1, got {tuple(scale_range.shape)}.")
-        if not torch.allclose(scale_range[0], torch.ones_like(scale_range[0])):
-            raise ValueError(f"scale_range row 0 (the background) must be [1, 1], got {scale_range[0].tolist()}.")
-        low, high = scale_range[1:, 0], scale_range[1:, 1]
-        bad = ((low <= 0) | ~(high > low)).nonzero()[:, 0]
-        if len(bad):
-            k = int(bad[0]) + 1
-            lo, hi = scale_range[k].tolist()
-            raise ValueError(
-                f"object {k}: scale range [{lo:.4g}, {hi:.4g}] must satisfy 0 < lo < hi; "
-                "check the scene's scale ranges (docs/dataparser.md)."
-            )
-        self.scale_range = scale_range
-        self.log_low = low.log()
-        self.log_span = high.log() - self.log_low
-
-    @property
-    def num_objects(self) -> int:
-        return self.scale_range.shape[0]
-
-    def normalise(self, scales: Float[Tensor, "*bs K"]) -> Float[Tensor, "*bs Km1"]:
-        """``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` for the foreground objects k >= 1."""
-        log_low, log_span = self.log_low.to(scales), self.log_span.to(scales)
-        return (scales[..., 1:].log() - log_low) / log_span
-
-    def denormalise(self, u: Float[Tensor, "*bs Km1"]) -> Float[Tensor, "*bs K"]:
-        """Scales from normalised log-scales; the background's scale is 1."""
-        log_low, log_span = self.log_low.to(u), self.log_span.to(u)
-        foreground = torch.exp(log_low + u * log_span)
-        return torch.cat([u.new_ones(*u.shape[:-1], 1), foreground], dim=-1)
-
-
 @dataclass
 class SampleResult:
     """Configurations drawn from the network's valid region."""
 
     scales: Float[Tensor, "n K"]
     u: Float[Tensor, "n Km1"]
-    probability: Float[Tensor, "n"]
+    probability: Float[Tensor, " n"]
     fell_back: bool
     """True when fewer than n candidates scored above 0.5 and the best-scored ones filled the rest."""
     message: str
@@ -187,7 +151,7 @@ class ObjectScaleNetwork(nn.Module):
     def fit(
         self,
         u: Float[Tensor, "C Km1"],
-        labels: Bool[Tensor, "C"],
+        labels: Bool[Tensor, " C"],
         steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Dict[str, float]:

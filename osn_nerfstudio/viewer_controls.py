@@ -28,7 +28,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerElement, ViewerSlider, ViewerText
 
 from osn_nerfstudio.core.valid_set import ValidSet
-from osn_nerfstudio.core.validity import SupervisionCache, ValidityPlan, plan_validity, score_plan
+from osn_nerfstudio.core.validity import ValidityPlan, plan_validity, score_plan
+from osn_nerfstudio.validity_labels import ValidityLabels, label_validity
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
@@ -38,20 +39,20 @@ def slider_step(low: float, high: float) -> float:
     return 10.0 ** math.floor(math.log10((high - low) / 100.0))
 
 
-def scales_from_sliders(values: Sequence[float], scale_range: Float[Tensor, "K 2"]) -> Float[Tensor, "K"]:
+def scales_from_sliders(values: Sequence[float], scale_range: Float[Tensor, "K 2"]) -> Float[Tensor, " K"]:
     """The configuration of slider values (one per foreground object), clamped to the ranges; the background is 1."""
     foreground = torch.tensor([float(v) for v in values], dtype=scale_range.dtype, device=scale_range.device)
     foreground = torch.minimum(torch.maximum(foreground, scale_range[1:, 0]), scale_range[1:, 1])
     return torch.cat([foreground.new_ones(1), foreground])
 
 
-def sliders_from_scales(scales: Float[Tensor, "K"], scale_range: Float[Tensor, "K 2"]) -> List[float]:
+def sliders_from_scales(scales: Float[Tensor, " K"], scale_range: Float[Tensor, "K 2"]) -> List[float]:
     """Slider values (foreground objects) of a configuration, clamped to the sliders' ranges."""
     clamped = torch.minimum(torch.maximum(scales[1:].to(scale_range), scale_range[1:, 0]), scale_range[1:, 1])
     return [float(v) for v in clamped]
 
 
-def closest_to_truth(true_scales: Float[Tensor, "K"], scale_range: Float[Tensor, "K 2"]) -> Optional[Float[Tensor, "K"]]:
+def closest_to_truth(true_scales: Float[Tensor, " K"], scale_range: Float[Tensor, "K 2"]) -> Optional[Float[Tensor, " K"]]:
     """The configuration within the scale ranges closest to the true scales (the truth itself when it lies inside);
     None when the scene does not know them."""
     if torch.isnan(true_scales).any():
@@ -105,17 +106,17 @@ class ValidityReference:
     training_round: int
     """``round_of(model)`` when the cache was rendered."""
 
-    def explained(self, scales: Float[Tensor, "K"]) -> float:
+    def explained(self, scales: Float[Tensor, " K"]) -> float:
         # in the scales' own precision, as ``validity(cache, scales[None], ...)`` scores them
         return float(score_plan(self.plan, scales.detach().cpu()[None])[0])
 
-    def margin(self, scales: Float[Tensor, "K"]) -> float:
+    def margin(self, scales: Float[Tensor, " K"]) -> float:
         return float(self.valid.margins(scales.detach().cpu()[None])[0])
 
 
-def validity_reference(model, cache: SupervisionCache) -> ValidityReference:
-    valid = model.valid_set(cache).valid
-    return ValidityReference(plan_validity(cache, model.config.validity.min_accumulation), valid, round_of(model))
+def validity_reference(model, labels: ValidityLabels) -> ValidityReference:
+    plan = plan_validity(labels.cache, model.config.validity.min_accumulation)
+    return ValidityReference(plan, labels.valid, round_of(model))
 
 
 def round_of(model) -> int:
@@ -250,7 +251,7 @@ class OSNViewerControls(ViewerControl):
         if truth is not None:
             self.show_configuration(truth)
 
-    def show_configuration(self, scales: Float[Tensor, "K"]) -> None:
+    def show_configuration(self, scales: Float[Tensor, " K"]) -> None:
         """Render at ``scales`` (clamped to the ranges) and move the sliders there."""
         with self.lock:
             ranges = self.model.scale_range
@@ -274,7 +275,7 @@ class OSNViewerControls(ViewerControl):
         self.osn_readout.value, self.validity_readout.value = self.readouts(self.model.render_scales)
 
     @torch.no_grad()
-    def readouts(self, scales: Float[Tensor, "K"]) -> Tuple[str, str]:
+    def readouts(self, scales: Float[Tensor, " K"]) -> Tuple[str, str]:
         osn_score = float(self.model.scale_network.probability(scales.to(self.model.scale_range)[None])[0])
         reference = self.validity_reference()
         return readout_texts(osn_score, reference.explained(scales), reference.margin(scales))
@@ -288,13 +289,9 @@ class OSNViewerControls(ViewerControl):
 
     def build_reference(self) -> ValidityReference:
         model = self.model
-        was_training = model.training
-        model.eval()
-        try:
-            cache = model.supervision_cache_of(self.pipeline.datamanager, torch.Generator().manual_seed(0))
-        finally:
-            model.train(was_training)
-        return validity_reference(model, cache)
+        with model.evaluating():
+            labels = label_validity(model, self.pipeline.datamanager, torch.Generator().manual_seed(0))
+        return validity_reference(model, labels)
 
 
 def attach_viewer_controls(pipeline) -> OSNViewerControls:

@@ -13,7 +13,7 @@ import torch
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig, supervision_masks
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig, OSNSceneMetadata
-from osn_nerfstudio.data.osn_dataset import IGNORE_ID
+from osn_nerfstudio.data.osn_dataset import UNKNOWN_OBJECT
 from osn_nerfstudio.data.scene_format import read_depth, read_mask
 from osn_nerfstudio.data.validation import load_scene
 from scene_factory import UNREGISTERED, write_scene
@@ -113,7 +113,7 @@ def test_train_batches_carry_object_ids_frames_and_times(scene_dir, scene):
     c, y, x = batch["indices"].long().unbind(-1)
     masks = np.stack([read_mask(scene_dir / f.mask) for f in scene.frames])
     expected_ids = torch.from_numpy(masks[c.numpy(), y.numpy(), x.numpy()])
-    expected_ids[expected_ids == scene.mask_ignore_label] = IGNORE_ID
+    expected_ids[expected_ids == scene.mask_ignore_label] = UNKNOWN_OBJECT
     assert torch.equal(batch["object_id"][:, 0].cpu(), expected_ids)
     assert len(set(expected_ids.tolist())) > 2, "a batch should see several objects"
     assert torch.equal(ray_bundle.metadata["frame_index"][:, 0], c.float())

@@ -6,16 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from osn_nerfstudio.core.validity import validity
+from osn_nerfstudio.core.validity import ValidityConfig, validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.osn_datamanager import within
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig
+from osn_nerfstudio.fields.object_fields import ObjectRadianceFields
 from osn_nerfstudio.osn_model import OSNModelConfig
+from osn_nerfstudio.validity_labels import hidden_object_rays, supervision_cache
 
 SCENE = DemoSceneConfig(seed=5, width=40, height=30, num_frames=8, num_objects=3, test_view_every=4)
 
 
-class BallFields(nn.Module):
+class BallFields(nn.Module, ObjectRadianceFields):
     """Object k > 0 is an opaque ball in the middle of its box; the background is an opaque shell at its box's walls."""
 
     def __init__(self, num_objects: int):
@@ -114,7 +116,7 @@ def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
     hits = ball_hits(model, outputs, rays)
     rays = rays[hits[:, 1:].any(-1)]  # rays on foreground objects, where the depth order matters
     cache_labels = torch.zeros(len(rays), dtype=torch.long)
-    cache = model.supervision_cache(rays, cache_labels, torch.ones(len(rays)))
+    cache = supervision_cache(model, rays, cache_labels, torch.ones(len(rays)))
     configurations = model.scale_network.ranges.denormalise(torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1)))
     configurations = torch.cat([configurations, model.true_scales[None]])
     # label every ray by what the true configuration shows, then score every configuration both ways
@@ -135,7 +137,8 @@ def test_renders_in_own_units_ignore_the_scene_near_bound(setup):
     model, outputs = setup
     rays = frame_rays(outputs, 0)
     labels = torch.zeros(len(rays), dtype=torch.long)
-    batch = {"object_id": torch.ones(len(rays), 1, dtype=torch.long)}
+    training_rays = rays[:]
+    training_rays.metadata = {**rays.metadata, "object_id": torch.ones(len(rays), 1, dtype=torch.long)}
     near = model.depth_bounds[0].clone()
     model.step = 0  # bootstrap
     try:
@@ -143,10 +146,14 @@ def test_renders_in_own_units_ignore_the_scene_near_bound(setup):
         for bound in (near, 100.0 * model.depth_bounds[1]):
             model.depth_bounds[0] = bound
             with torch.no_grad():
-                bootstrap = model.get_training_outputs(rays, batch)["alone_accumulation"]
-            results.append((model.supervision_cache(rays, labels, torch.ones(len(rays))), bootstrap))
+                model.train()  # a training step of the bootstrap (stratified samples: the same jitter both times)
+                torch.manual_seed(0)
+                bootstrap = model(training_rays)["alone_accumulation"]
+                model.eval()
+            results.append((supervision_cache(model, rays, labels, torch.ones(len(rays))), bootstrap))
     finally:
         model.depth_bounds[0] = near
+        model.eval()
     (cache, bootstrap), (far_cache, far_bootstrap) = results
     assert float(cache.acc[:, 1:].max()) > 0.99, "the frame should show a foreground object"
     assert torch.equal(cache.acc, far_cache.acc) and torch.equal(cache.depth, far_cache.depth)
@@ -192,12 +199,13 @@ def test_the_background_can_have_its_own_sample_budget(setup):
     model, outputs = setup
     rays = frame_rays(outputs, 3)
     reference = render(model, rays, model.true_scales)
-    model.config.background_coarse_samples, model.config.background_fine_samples = 24, 8
+    default = model.sampler.background_budget
+    model.sampler.background_budget = (24, 8)
     try:
         samples, _ = model.sample_objects(rays, model.true_scales.expand(len(rays), -1))
         budget = render(model, rays, model.true_scales)
     finally:
-        model.config.background_coarse_samples = model.config.background_fine_samples = None
+        model.sampler.background_budget = default
     # foreground objects keep 64 + 64 (+1) samples; the background's 24 + 8 + 1 are padded with empty ones
     assert samples.density.shape[-1] == 129
     assert (samples.density[:, 0, 33:] == 0).all() and (samples.ends[:, 0, 33:] == samples.starts[:, 0, 33:]).all()
@@ -229,12 +237,12 @@ class ShownLabels:
 
 
 def hidden_rays_with(model, datamanager, gap: int, limit: int = 40):
-    model.config.supervision_hidden_pixels_per_pair, model.config.supervision_hidden_gap = limit, gap
+    model.config.validity.hidden_pixels_per_pair, model.config.validity.hidden_gap = limit, gap
     try:
-        return model.hidden_object_rays(datamanager, torch.Generator().manual_seed(0))
+        return hidden_object_rays(model, datamanager, torch.Generator().manual_seed(0))
     finally:
-        model.config.supervision_hidden_pixels_per_pair = OSNModelConfig.supervision_hidden_pixels_per_pair
-        model.config.supervision_hidden_gap = OSNModelConfig.supervision_hidden_gap
+        model.config.validity.hidden_pixels_per_pair = ValidityConfig.hidden_pixels_per_pair
+        model.config.validity.hidden_gap = ValidityConfig.hidden_gap
 
 
 def hidden_behind(model, datamanager, rays, labels, gap: int) -> torch.Tensor:

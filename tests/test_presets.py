@@ -52,8 +52,8 @@ def test_gpu_preset_trains_on_cpu_with_torch_hash_grids(tiny_scene, tmp_path):
         rays_per_batch=64, keypoint_rays=16, preset="real-video-gpu.yaml",
     ) + [
         "--machine.device-type", "cpu", "--vis", "tensorboard",
-        "--pipeline.model.supervision-pixels-per-object", "128",
-        "--pipeline.model.supervision-boundary-pixels-per-object", "32",
+        "--pipeline.model.validity.pixels-per-object", "128",
+        "--pipeline.model.validity.boundary-pixels-per-object", "32",
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-4000:]

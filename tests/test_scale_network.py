@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig, ScaleRanges
+from osn_nerfstudio.core.scale_ranges import ScaleRanges
+from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
 
 
 

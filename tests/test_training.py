@@ -36,6 +36,7 @@ def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trai
 
     from osn_nerfstudio.core.metrics import psnr
     from osn_nerfstudio.scripts.sample_configurations import sample_report
+    from osn_nerfstudio.validity_labels import label_validity
 
     _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="val")
     assert step == STEPS - 1
@@ -58,8 +59,7 @@ def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trai
     assert len(valid) >= 45, f"sampled configurations should be valid by the labelling rule ({len(valid)}/50 are)"
     # the rule and the network still reject what the video contradicts: any object at half or twice its true scale
     # reverses occlusions between the objects (the tiny scene's orbiter passes in front of and behind the other)
-    cache = model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
-    labelled = model.valid_set(cache).valid
+    labelled = label_validity(model, pipeline.datamanager, torch.Generator().manual_seed(0)).valid
     for k in range(1, model.num_objects):
         for factor in (0.5, 2.0):
             moved = model.true_scales.clone()

@@ -70,17 +70,19 @@ def pipeline(tiny_run: Path):
 @pytest.fixture(scope="module")
 def cache(pipeline):
     """The supervision cache the controls use (same rays: seed 0)."""
-    return pipeline.model.supervision_cache_of(pipeline.datamanager, torch.Generator().manual_seed(0))
+    from osn_nerfstudio.validity_labels import supervision_cache_of
+
+    return supervision_cache_of(pipeline.model, pipeline.datamanager, torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
 def expected_readouts(pipeline, cache, scales):
-    from osn_nerfstudio.core.validity import validity
+    from osn_nerfstudio.core.validity import valid_set, validity
 
     model = pipeline.model
     osn_score = float(model.scale_network.probability(scales[None])[0])
     exact = float(validity(cache, scales.cpu()[None], model.config.validity.min_accumulation)[0])
-    margin = float(model.valid_set(cache).valid.margins(scales.cpu()[None])[0])
+    margin = float(valid_set(cache, model.scale_range.cpu(), model.config.validity).valid.margins(scales.cpu()[None])[0])
     return osn_score, exact, margin
 
 

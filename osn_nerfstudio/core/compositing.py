@@ -2,7 +2,7 @@
 
 Pure torch, no nerfstudio import. Each object contributes N samples per ray in its own units: intervals
 [starts, ends] of τ along its object-space ray (see ``geometry.rays_in_objects``). A sample's opacity comes
-from its interval in object units, so an object looks the same at every scale (DESIGN.md §2); only where
+from its interval in object units, so an object looks the same at every scale (docs/method.md); only where
 its samples sit in the composite, at scene distance ``t = s_k · τ``, depends on the configuration.
 """
 
@@ -105,7 +105,7 @@ def weights_along_rays(thickness: Float[Tensor, "*bs M"]) -> Float[Tensor, "*bs 
 def composite(
     samples: ObjectSamples,
     scales: Float[Tensor, "*sbs K"],
-    background_color: Optional[Float[Tensor, "3"]] = None,
+    background_color: Optional[Float[Tensor, " 3"]] = None,
 ) -> CompositeOutputs:
     """Alpha-composite all objects' samples in the order of their scaled distance from the camera.
 

@@ -92,7 +92,7 @@ def invert_rigid(T: Float[Tensor, "*bs 4 4"]) -> Float[Tensor, "*bs 4 4"]:
 
 
 def interpolate_poses(
-    poses: Float[Tensor, "K F 4 4"], registered: Bool[Tensor, "K F"], frame_index: Float[Tensor, "R"]
+    poses: Float[Tensor, "K F 4 4"], registered: Bool[Tensor, "K F"], frame_index: Float[Tensor, " R"]
 ) -> Tuple[Float[Tensor, "R K 4 4"], Bool[Tensor, "R K"]]:
     """Every object's pose at fractional frame positions, and whether the object is present there.
 
@@ -132,7 +132,7 @@ def rays_in_objects(
 ) -> Tuple[Float[Tensor, "R K 3"], Float[Tensor, "R K 3"]]:
     """Each world ray ``o + t d`` (background frame and units) as a ray ``o_k + τ d_k`` in every object.
 
-    A world point X maps into object k as ``x = P_k · ((P_0⁻¹ · X) / s_k)`` (DESIGN.md §2), which is the
+    A world point X maps into object k as ``x = P_k · ((P_0⁻¹ · X) / s_k)`` (docs/method.md), which is the
     object-space ray with ``o_k = P_k · ((P_0⁻¹ o) / s_k)`` and ``d_k = R_k R_0ᵀ d`` (unit if d is), and
     ``τ = t / s_k`` the distance along it in object units. ``scales`` broadcasts to [R, K].
     """

@@ -28,7 +28,7 @@ def _valid(shape, valid: Optional[Tensor], device) -> Tensor:
     )
 
 
-def median(values: Float[Tensor, "N"]) -> Tensor:
+def median(values: Float[Tensor, " N"]) -> Tensor:
     """The middle value; for an even count, the mean of the two middle values (as numpy's median)."""
     ordered = values.sort().values
     n = len(ordered)
@@ -145,7 +145,7 @@ def median_aligned_depth_errors(
     }
 
 
-def median_mad_normalise(values: Float[Tensor, "N"]) -> Float[Tensor, "N"]:
+def median_mad_normalise(values: Float[Tensor, " N"]) -> Float[Tensor, " N"]:
     """(x - median(x)) / mean |x - median(x)| (the deviation clamped at 1e-12: a constant map becomes 0)."""
     centred = values - median(values)
     return centred / centred.abs().mean().clamp_min(1e-12)

@@ -1,4 +1,5 @@
-"""Scene depth bounds and per-object scale ranges from keypoint depths (docs/dataparser.md).
+"""Scene depth bounds and per-object scale ranges from keypoint depths (docs/dataparser.md), the normalised
+log-scale that the scale network reads, and distances between configurations.
 
 Pure torch, no nerfstudio import. Scales are relative to the background (object 0, scale 1).
 """
@@ -20,7 +21,7 @@ class SceneBounds:
     far: float
 
 
-def robust_depth_interval(depths: Float[Tensor, "n"], quantile: float) -> tuple[float, float]:
+def robust_depth_interval(depths: Float[Tensor, " n"], quantile: float) -> tuple[float, float]:
     """(low, high) quantiles of a set of depths, ignoring the ``quantile`` tails on each side."""
     if depths.numel() == 0:
         raise ValueError("cannot bound the depth of an object without keypoints")
@@ -30,7 +31,7 @@ def robust_depth_interval(depths: Float[Tensor, "n"], quantile: float) -> tuple[
 
 
 def scene_bounds(
-    background_depths: Float[Tensor, "n"], quantile: float, far_margin: float, near_fraction: float
+    background_depths: Float[Tensor, " n"], quantile: float, far_margin: float, near_fraction: float
 ) -> SceneBounds:
     """Far bound just beyond the background's farthest keypoints; near bound a fixed fraction of it.
 
@@ -43,8 +44,8 @@ def scene_bounds(
 
 
 def scale_ranges(
-    keypoint_object: Int[Tensor, "n"],
-    keypoint_depth: Float[Tensor, "n"],
+    keypoint_object: Int[Tensor, " n"],
+    keypoint_depth: Float[Tensor, " n"],
     num_objects: int,
     bounds: SceneBounds,
     quantile: float,
@@ -67,3 +68,48 @@ def scale_ranges(
             )
         ranges[k] = torch.tensor([lo, hi], dtype=torch.float64)
     return ranges
+
+
+class ScaleRanges:
+    """Log-space normalisation between scales ``[..., K]`` and the network's input ``u`` in [0, 1]^(K-1)."""
+
+    def __init__(self, scale_range: Float[Tensor, "K 2"]) -> None:
+        if scale_range.ndim != 2 or scale_range.shape[1] != 2 or scale_range.shape[0] < 1:
+            raise ValueError(f"scale_range must be [K, 2] with K >= 1, got {tuple(scale_range.shape)}.")
+        if not torch.allclose(scale_range[0], torch.ones_like(scale_range[0])):
+            raise ValueError(f"scale_range row 0 (the background) must be [1, 1], got {scale_range[0].tolist()}.")
+        low, high = scale_range[1:, 0], scale_range[1:, 1]
+        bad = ((low <= 0) | ~(high > low)).nonzero()[:, 0]
+        if len(bad):
+            k = int(bad[0]) + 1
+            lo, hi = scale_range[k].tolist()
+            raise ValueError(
+                f"object {k}: scale range [{lo:.4g}, {hi:.4g}] must satisfy 0 < lo < hi; "
+                "check the scene's scale ranges (docs/dataparser.md)."
+            )
+        self.scale_range = scale_range
+        self.log_low = low.log()
+        self.log_span = high.log() - self.log_low
+
+    @property
+    def num_objects(self) -> int:
+        return self.scale_range.shape[0]
+
+    def normalise(self, scales: Float[Tensor, "*bs K"]) -> Float[Tensor, "*bs Km1"]:
+        """``u_k = (log s_k - log lo_k) / (log hi_k - log lo_k)`` for the foreground objects k >= 1."""
+        log_low, log_span = self.log_low.to(scales), self.log_span.to(scales)
+        return (scales[..., 1:].log() - log_low) / log_span
+
+    def denormalise(self, u: Float[Tensor, "*bs Km1"]) -> Float[Tensor, "*bs K"]:
+        """Scales from normalised log-scales; the background's scale is 1."""
+        log_low, log_span = self.log_low.to(u), self.log_span.to(u)
+        foreground = torch.exp(log_low + u * log_span)
+        return torch.cat([u.new_ones(*u.shape[:-1], 1), foreground], dim=-1)
+
+
+def closest_configuration(candidates: Float[Tensor, "C K"], target: Float[Tensor, " K"]) -> tuple[int, float]:
+    """Index of the candidate closest to ``target`` in log space (the largest log-ratio of one object's scales), and
+    that distance: scales are multiplicative, so halving and doubling are equally far."""
+    gap = (candidates.log() - target.to(candidates).log()).abs().amax(-1)
+    index = int(gap.argmin())
+    return index, float(gap[index])

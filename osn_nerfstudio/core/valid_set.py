@@ -54,7 +54,7 @@ class ValidSet:
     def num_objects(self) -> int:
         return self.bounds.shape[0]
 
-    def margins(self, scales: Float[Tensor, "C K"]) -> Float[Tensor, "C"]:
+    def margins(self, scales: Float[Tensor, "C K"]) -> Float[Tensor, " C"]:
         """Smallest slack ``bounds[i, j] - (x_i - x_j)`` over all bounds: >= 0 inside, the log-scale distance by which
         the worst bound is exceeded (negated) outside."""
         x = scales.double().log().to(self.bounds.device)
@@ -65,7 +65,7 @@ class ValidSet:
         off_diagonal = ~torch.eye(self.num_objects, dtype=torch.bool, device=slack.device)
         return slack[:, off_diagonal].amin(-1)
 
-    def contains(self, scales: Float[Tensor, "C K"]) -> Bool[Tensor, "C"]:
+    def contains(self, scales: Float[Tensor, "C K"]) -> Bool[Tensor, " C"]:
         return self.margins(scales) >= 0
 
     def closed(self) -> "ValidSet":
@@ -79,12 +79,12 @@ class ValidSet:
         """True when no configuration satisfies every bound (some cycle of bounds sums below zero)."""
         return bool(self.closed().bounds.diagonal().min() < -EMPTY_EPSILON)
 
-    def log_box(self) -> Tuple[Float[Tensor, "K"], Float[Tensor, "K"]]:
+    def log_box(self) -> Tuple[Float[Tensor, " K"], Float[Tensor, " K"]]:
         """Smallest and largest log-scale of each object over the set (tight: from the closed bounds)."""
         bounds = self.closed().bounds
         return -bounds[0], bounds[:, 0]
 
-    def interior_point(self) -> Float[Tensor, "K"]:
+    def interior_point(self) -> Float[Tensor, " K"]:
         """A member of a non-empty set, away from its faces: each object's log-scale in turn at the middle of the
         interval that the bounds and the objects already placed leave it (a closed bound matrix always leaves one)."""
         bounds = self.closed().bounds

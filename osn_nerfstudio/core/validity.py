@@ -1,4 +1,4 @@
-"""Z-buffer over cached per-object renderings, and the validity of scale configurations (DESIGN.md section 2).
+"""Z-buffer over cached per-object renderings, and the validity of scale configurations (docs/method.md).
 
 Pure torch, no nerfstudio import. For every supervision ray the model renders each object alone once and
 caches its expected own-unit depth ``d_k`` and accumulation ``a_k``. Under a configuration
@@ -49,9 +49,9 @@ class SupervisionCache:
     the object's accumulation)."""
     acc: Float[Tensor, "R K"]
     """Accumulation of each object rendered alone."""
-    label: Int[Tensor, "R"]
+    label: Int[Tensor, " R"]
     """Object the data says is visible on the ray (keypoint owner or mask label), in [0, K)."""
-    weight: Float[Tensor, "R"]
+    weight: Float[Tensor, " R"]
     """Non-negative weight of the ray in the validity score (keypoint confidence, 1 for mask pixels)."""
 
     def __post_init__(self) -> None:
@@ -121,9 +121,9 @@ class SingleCompetitorRays:
 
     label: int
     competitor: int
-    thresholds: Float[Tensor, "n"]
+    thresholds: Float[Tensor, " n"]
     """Ascending ``log d_competitor - log d_label``: the label wins iff ``log s_label - log s_competitor`` is below."""
-    weight_above: Float[Tensor, "n+1"]
+    weight_above: Float[Tensor, " n+1"]
     """``weight_above[i]`` = total weight of the rays with sorted index >= i."""
 
 
@@ -132,10 +132,10 @@ class MultiCompetitorRays:
     """Rays labelled ``label`` on which two or more other objects qualify."""
 
     label: int
-    competitors: Int[Tensor, "D"]
+    competitors: Int[Tensor, " D"]
     thresholds: Float[Tensor, "D n"]
     """``log d_k - log d_label`` per competitor and ray (+inf where that competitor does not qualify)."""
-    weight: Float[Tensor, "n"]
+    weight: Float[Tensor, " n"]
 
 
 @dataclass
@@ -197,7 +197,7 @@ def _single_competitor_rays(label: int, competitor: int, thresholds: Tensor, wei
 
 def score_plan(
     plan: ValidityPlan, scales: Float[Tensor, "C K"], chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-) -> Float[Tensor, "C"]:
+) -> Float[Tensor, " C"]:
     """Weighted fraction of the planned rays that the labelled object wins, per configuration."""
     if scales.ndim != 2 or scales.shape[1] != plan.num_objects:
         raise ValueError(f"scales must be [C, {plan.num_objects}], got {tuple(scales.shape)}.")
@@ -216,7 +216,7 @@ def score_plan(
     return (right / plan.total_weight).to(scales.dtype)
 
 
-def _count_multi(gaps: Float[Tensor, "C D"], rays: MultiCompetitorRays, chunk_elements: int) -> Float[Tensor, "C"]:
+def _count_multi(gaps: Float[Tensor, "C D"], rays: MultiCompetitorRays, chunk_elements: int) -> Float[Tensor, " C"]:
     """Weight of the rays on which every gap is below its threshold, chunked over configurations."""
     num_rays = rays.weight.shape[0]
     chunk = max(1, chunk_elements // num_rays)
@@ -235,7 +235,7 @@ def validity(
     scales: Float[Tensor, "C K"],
     min_accumulation: float,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-) -> Float[Tensor, "C"]:
+) -> Float[Tensor, " C"]:
     """Weighted fraction of supervision rays whose hard Z-buffer winner is the labelled object, per configuration.
 
     Equal to ``weight . (zbuffer_winner(...) == label) / weight.sum()`` without materialising ``[C, R, K]``.
@@ -247,8 +247,27 @@ def validity(
 
 @dataclass
 class ValidityConfig:
-    """The rule that labels configurations valid for the scale network, and the candidates it labels (docs/method.md)."""
+    """Validity labelling (docs/method.md): the supervision rays it reads, the rule that labels configurations valid
+    on them, and the candidates it labels for the scale network."""
 
+    pixels_per_object: int = 4096
+    """Mask pixels per object added to all keypoints to form the supervision rays (caching 28k rays costs about a
+    second on a 2-core CPU)."""
+    boundary_pixels_per_object: int = 1024
+    """Extra supervision pixels per object next to another object, where the video shows which of the two is in
+    front; uniform mask pixels rarely land there."""
+    boundary_width: int = 3
+    """Pixels from another object that count as next to it."""
+    label_gap: int = 2
+    """Supervision pixels keep this many pixels from any other label: masks and learned silhouettes are least certain
+    on their outlines (benchmarks/RESULTS.md)."""
+    hidden_pixels_per_pair: int = 0
+    """Supervision pixels per (shown, hidden) pair of objects where a foreground object lies hidden behind what the
+    video shows. 0: none (they excluded the truth indoors, benchmarks/RESULTS.md)."""
+    hidden_candidates: int = 1024
+    """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
+    hidden_gap: int = 3
+    """Hidden-object pixels keep this many pixels from the object's own visible pixels (learned silhouettes bleed)."""
     min_accumulation: float = 0.5
     """Objects more transparent than this on a ray do not take part in its Z-buffer."""
     tolerance: float = 0.01
@@ -274,9 +293,9 @@ class PairConstraints:
 
     label: int
     competitor: int
-    thresholds: Float[Tensor, "n"]
+    thresholds: Float[Tensor, " n"]
     """Ascending ``log d_competitor - log d_label`` (float64)."""
-    weight: Float[Tensor, "n"]
+    weight: Float[Tensor, " n"]
     discarded: int = 0
 
     @property
@@ -390,7 +409,7 @@ def _relax_cheapest(cycle: List[Tuple[int, int]], valid: ValidSet, by_edge: dict
 
 def labelled_candidates(
     valid: ValidSet, ranges, config: ValidityConfig, generator: torch.Generator
-) -> Tuple[Float[Tensor, "C Km1"], Bool[Tensor, "C"]]:
+) -> Tuple[Float[Tensor, "C Km1"], Bool[Tensor, " C"]]:
     """Normalised configurations and their labels for fitting the scale network: uniform over the scale ranges,
     inside the valid set, and near its faces (members moved at random in normalised log-scale)."""
     num_inputs = valid.num_objects - 1

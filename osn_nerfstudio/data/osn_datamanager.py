@@ -7,6 +7,10 @@ Every ray carries (batch keys, one row per ray):
 * ``object_id`` [R, 1]: the object seen there (mask label, or the keypoint's object; -1 unknown);
 * ``keypoint_depth`` [R]: z-depth of the keypoint in its object's own units (0 for pixel rays);
 * ``keypoint_weight`` [R]: the keypoint's confidence (0 for pixel rays, so depth losses skip them).
+
+The ray bundle carries each ray's object too, as ``metadata["object_id"]`` [R, 1]: the bootstrap renders only that
+object, and the model's forward pass (through DistributedDataParallel when training on several devices) sees the
+rays alone.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig, OSNSceneMetadata
-from osn_nerfstudio.data.osn_dataset import OSNDataset
+from osn_nerfstudio.data.osn_dataset import UNKNOWN_OBJECT, OSNDataset
 
 
 @dataclass
@@ -57,11 +61,11 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         batch["keypoint_depth"] = torch.zeros(num_pixels, device=self.device)
         batch["keypoint_weight"] = torch.zeros(num_pixels, device=self.device)
         if self.config.num_keypoint_rays <= 0:
-            return ray_bundle, batch
+            return with_objects(ray_bundle, batch), batch
         rows = torch.multinomial(self.scene_metadata.keypoint_weight, self.config.num_keypoint_rays, replacement=True)
         kp_bundle, kp_batch = self.keypoint_rays(rows)
         merged = {key: torch.cat([batch[key], kp_batch[key].to(batch[key].device)]) for key in kp_batch}
-        return concat_bundles(ray_bundle, kp_bundle), merged
+        return concat_bundles(with_objects(ray_bundle, batch), with_objects(kp_bundle, kp_batch)), merged
 
     def keypoint_rays(self, rows: Tensor) -> Tuple[RayBundle, Dict]:
         """Rays through keypoints ``rows`` of the scene, with their colour, object, depth and weight."""
@@ -128,7 +132,7 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         meta = self.scene_metadata
         ids = self.train_frames[1]
         inside, _ = supervision_masks(ids, meta.registered, meta.num_objects, gap, 0)
-        return torch.where(torch.stack(inside).any(0), ids, torch.full_like(ids, -1))
+        return torch.where(torch.stack(inside).any(0), ids, torch.full_like(ids, UNKNOWN_OBJECT))
 
 
 def random_rows(rows: Tensor, count: int, generator: torch.Generator) -> Tensor:
@@ -145,14 +149,14 @@ def supervision_masks(
     within ``gap`` pixels (8-neighbourhood). It is near another object when some other object's pixel lies within
     ``gap + width`` pixels.
     """
-    registered_here = registered[ids.clamp_min(0), torch.arange(len(ids))[:, None, None]] & (ids >= 0)
+    registered_here = registered[ids.clamp_min(0), torch.arange(len(ids))[:, None, None]] & (ids != UNKNOWN_OBJECT)
     inside, near_other = [], []
     for k in range(num_objects):
         mine = ids == k
         clear = mine if gap == 0 else ~within(~mine, gap)
         clear &= registered_here
         inside.append(clear)
-        near_other.append(clear & within((ids >= 0) & ~mine, gap + width))
+        near_other.append(clear & within((ids != UNKNOWN_OBJECT) & ~mine, gap + width))
     return inside, near_other
 
 
@@ -160,6 +164,12 @@ def within(mask: Tensor, distance: int) -> Tensor:
     """[F, H, W] pixels with a pixel of ``mask`` within ``distance`` pixels (8-neighbourhood, Chebyshev distance)."""
     size = 2 * distance + 1
     return torch.nn.functional.max_pool2d(mask.float()[:, None], size, stride=1, padding=distance)[:, 0] > 0
+
+
+def with_objects(ray_bundle: RayBundle, batch: Dict) -> RayBundle:
+    """``ray_bundle`` carrying each ray's object (``batch["object_id"]`` [R, 1]) in its metadata."""
+    ray_bundle.metadata["object_id"] = batch["object_id"].to(ray_bundle.origins.device)
+    return ray_bundle
 
 
 def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:

@@ -40,14 +40,14 @@ class OSNSceneMetadata:
     registered: Bool[Tensor, "num_objects num_frames"]
     bbox_min: Float[Tensor, "num_objects 3"]
     bbox_max: Float[Tensor, "num_objects 3"]
-    frame_times: Float[Tensor, "num_frames"]
+    frame_times: Float[Tensor, " num_frames"]
     """Normalised time of every frame, in [0, 1], as in ``Cameras.times``."""
-    keypoint_object: Int[Tensor, "num_keypoints"]
-    keypoint_frame: Int[Tensor, "num_keypoints"]
+    keypoint_object: Int[Tensor, " num_keypoints"]
+    keypoint_frame: Int[Tensor, " num_keypoints"]
     keypoint_uv: Float[Tensor, "num_keypoints 2"]
-    keypoint_depth: Float[Tensor, "num_keypoints"]
+    keypoint_depth: Float[Tensor, " num_keypoints"]
     """z-depth in the keypoint's object's own units."""
-    keypoint_weight: Float[Tensor, "num_keypoints"]
+    keypoint_weight: Float[Tensor, " num_keypoints"]
     scale_range: Float[Tensor, "num_objects 2"]
     """[lo, hi] scale of each object relative to the background (row 0 is [1, 1])."""
     near: float
@@ -55,7 +55,7 @@ class OSNSceneMetadata:
     """Depth bounds of the scene in background units (docs/dataparser.md)."""
     focal: float = 1.0
     """Focal length of the video's camera, pixels (sizes each object's field by its pixel footprint)."""
-    true_scales: Optional[Float[Tensor, "num_objects"]] = None
+    true_scales: Optional[Float[Tensor, " num_objects"]] = None
     """Ground-truth relative scales, when the scene has them (evaluation only)."""
 
     @property

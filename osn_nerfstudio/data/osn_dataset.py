@@ -13,8 +13,9 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 
 from osn_nerfstudio.data.scene_format import read_depth, read_mask
 
-IGNORE_ID = -1
-"""Object id of pixels whose object is unknown (the scene's ignore label)."""
+UNKNOWN_OBJECT = -1
+"""Object id of pixels whose object is unknown (the scene's ignore label); the one id every part of the plugin uses
+for them."""
 
 
 class OSNDataset(InputDataset):
@@ -33,12 +34,12 @@ class OSNDataset(InputDataset):
 
     def _object_ids(self, path: Path | None, height: int, width: int) -> torch.Tensor:
         if path is None:
-            return torch.full((height, width, 1), IGNORE_ID, dtype=torch.long)
+            return torch.full((height, width, 1), UNKNOWN_OBJECT, dtype=torch.long)
         labels = read_mask(path)
         if labels.shape != (height, width):
             labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((width, height), Image.NEAREST))
         ids = torch.from_numpy(labels.astype(np.int64))
-        ids[ids == self.metadata["ignore_label"]] = IGNORE_ID
+        ids[ids == self.metadata["ignore_label"]] = UNKNOWN_OBJECT
         return ids[..., None]
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Per-object scale-invariant radiance fields (DESIGN.md §1).
+"""Per-object scale-invariant radiance fields (docs/method.md).
 
 Every object k has its own radiance field over its unit volume: sample points arrive normalised to
 [0, 1]^3 inside the object's bounding box, directions are unit vectors in object coordinates. The K
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +307,23 @@ def build_encoding(
     raise ValueError(f"unknown object field backbone {config.backbone!r}; choose 'grid', 'hash' or 'kplanes'")
 
 
-class ObjectFields(nn.Module):
+class ObjectRadianceFields(Protocol):
+    """The interface of per-object fields that the OSN model's sampler and losses use (:class:`ObjectFields`
+    implements it; so do the tests' analytic fields). Points are in each object's unit box [0, 1]^3."""
+
+    def object_density(self, k: int, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
+        """Density of object k (per unit of its own length) at points of its unit box."""
+
+    def object_forward(
+        self, k: int, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]
+    ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs 3"]]:
+        """Density and colour of object k at points of its unit box, seen along ``directions`` (broadcast)."""
+
+    def regularisation(self) -> Float[Tensor, ""]:
+        """The fields' own regulariser (0 where they have none)."""
+
+
+class ObjectFields(nn.Module, ObjectRadianceFields):
     """K independent radiance fields, each over its object's unit box: density and view-dependent colour."""
 
     def __init__(

@@ -53,17 +53,19 @@ class SampleConfigurations:
 @torch.no_grad()
 def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     """Configurations sampled from the run's scale network, scored by it and by exact validity."""
+    from osn_nerfstudio.core.scale_ranges import closest_configuration
     from osn_nerfstudio.core.validity import validity
+    from osn_nerfstudio.validity_labels import label_validity
 
     model = pipeline.model
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    cache = model.supervision_cache_of(pipeline.datamanager, generator, progress=True)
+    labels = label_validity(model, pipeline.datamanager, generator, progress=True)
+    cache, valid = labels.cache, labels.valid
     result = model.scale_network.sample(num, generator=generator)
     scales = result.scales.cpu()
     min_accumulation = model.config.validity.min_accumulation
     exact = validity(cache, scales, min_accumulation)
-    valid = model.valid_set(cache).valid
     margins = valid.margins(scales)
     names = model.object_names
     report: Dict[str, Any] = {
@@ -87,15 +89,15 @@ def sample_report(pipeline, num: int, seed: int) -> Dict[str, Any]:
     }
     true = model.true_scales.cpu()
     if not torch.isnan(true).any():
-        distance = (scales.log() - true.log()).abs().amax(-1)
+        closest, gap = closest_configuration(scales, true)
         report["ground_truth"] = {
             "scales": {name: float(true[k]) for k, name in enumerate(names)},
             "osn_score": float(model.scale_network.probability(true.to(model.true_scales.device)[None])[0]),
             "exact_validity": float(validity(cache, true[None], min_accumulation)[0]),
             "valid": bool(valid.contains(true[None])[0]),
             "margin": float(valid.margins(true[None])[0]),
-            "closest_index": int(distance.argmin()),
-            "closest_max_log_ratio": float(distance.min()),
+            "closest_index": closest,
+            "closest_max_log_ratio": gap,
         }
     return report
 

@@ -2,7 +2,8 @@
 
 A preset (configs/*.yaml) names the method, its trainer arguments, the dataparser and its arguments.
 Arguments given on the command line come after the preset's, so they override them; ``--data`` works as
-with ns-train.
+with ns-train. ``--machine.num-devices N`` with ``--machine.device-type cpu`` trains in N CPU processes (gloo), which
+ns-train 1.1.5 cannot start (osn_nerfstudio/distributed.py); on GPUs nerfstudio's own launcher runs.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def entrypoint() -> None:
         print(__doc__.strip())
         raise SystemExit(0 if len(sys.argv) >= 2 else 2)
     argv = preset_argv(Path(sys.argv[1]), sys.argv[2:])
-    from nerfstudio.scripts.train import entrypoint as ns_train
+    from nerfstudio.scripts import train
 
     print("ns-train " + " ".join(argv), file=sys.stderr)
     sys.argv = ["ns-train", *argv]
-    ns_train()
+    from osn_nerfstudio import distributed
+
+    train.launch = distributed.with_cpu_processes(train.launch)  # ns-train's main() calls the module's launch
+    train.entrypoint()
 
 
 if __name__ == "__main__":
