@@ -29,7 +29,14 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from osn_nerfstudio import distributed
 from osn_nerfstudio.core import metrics as metrics_lib
-from osn_nerfstudio.core.compositing import AloneOutputs, CompositeOutputs, ObjectSamples, composite, distortion, render_alone
+from osn_nerfstudio.core.compositing import (
+    AloneOutputs,
+    CompositeOutputs,
+    ObjectSamples,
+    composite,
+    distortion,
+    render_alone,
+)
 from osn_nerfstudio.core.geometry import interpolate_poses
 from osn_nerfstudio.core.scale_ranges import closest_configuration
 from osn_nerfstudio.core.validity import ValidityConfig, labelled_candidates
@@ -158,8 +165,8 @@ class OSNModel(Model):
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
         return self.fields.param_groups()
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        pipeline = training_callback_attributes.pipeline
+    def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        pipeline = attributes.pipeline
 
         def before_step(step: int) -> None:
             self.step = step
@@ -319,7 +326,8 @@ class OSNModel(Model):
             for key in losses:
                 losses[key] = losses[key] * self.config.alone_loss_phase2
             scale_of_label = outputs["scales"].gather(1, label_index)[:, 0]
-            share = outputs["object_weights"].gather(1, label_index)[:, 0] / outputs["accumulation"][:, 0].clamp_min(1e-6)
+            label_weight = outputs["object_weights"].gather(1, label_index)[:, 0]
+            share = label_weight / outputs["accumulation"][:, 0].clamp_min(1e-6)
             losses["rgb"] = masked_mean((outputs["rgb"] - image).pow(2).mean(-1), known) * self.config.rgb_loss_mult
             losses["keypoint_depth"] = (
                 weighted_relative_error(outputs["depth"][:, 0], scale_of_label * kp_distance, kp_weight)
@@ -342,7 +350,8 @@ class OSNModel(Model):
         if self.num_objects < 2:
             return {}
         stats = self.fit_scale_network(datamanager, step) if comms.is_main_process() else {}
-        distributed.broadcast_from_main([*self.scale_network.parameters(), *self.scale_network.buffers(), self.render_scales])
+        refitted = [*self.scale_network.parameters(), *self.scale_network.buffers(), self.render_scales]
+        distributed.broadcast_from_main(refitted)
         distributed.check_processes_agree(self, f"After the refit at step {step}, the model")
         return stats
 
@@ -428,7 +437,9 @@ class OSNModel(Model):
         if network is not None:
             metrics["lpips"] = metrics_lib.lpips(rgb, image, network.to(device), valid)
         if "gt_depth" in batch:
-            depth_errors = metrics_lib.median_aligned_depth_errors(outputs["z_depth"][..., 0], batch["gt_depth"][..., 0].to(device), valid)
+            depth_errors = metrics_lib.median_aligned_depth_errors(
+                outputs["z_depth"][..., 0], batch["gt_depth"][..., 0].to(device), valid
+            )
             metrics.update({f"depth_{k}": v for k, v in depth_errors.items()})
         if "object_id" in batch:
             predicted, target = self.object_weights_image(outputs).argmax(-1), batch["object_id"][..., 0].to(device)
@@ -445,7 +456,15 @@ class OSNModel(Model):
 TRAINING_DRAWS_SEED = 1 << 40
 """Offset of the seeds of training-configuration draws (one per step) from the refits' seeds (the step)."""
 
-RAY_ONLY_OUTPUTS = ("alone_rgb", "alone_depth", "alone_accumulation", "scales", "directions_norm", "present", "alone_distortion")
+RAY_ONLY_OUTPUTS = (
+    "alone_rgb",
+    "alone_depth",
+    "alone_accumulation",
+    "scales",
+    "directions_norm",
+    "present",
+    "alone_distortion",
+)
 """Outputs of ``get_outputs`` that only the losses use (per-object stacks and per-ray bookkeeping); images of a
 camera leave them out."""
 
@@ -456,7 +475,8 @@ def object_extents(meta: OSNSceneMetadata) -> List[ObjectExtent]:
     for k in range(meta.num_objects):
         depths = meta.keypoint_depth[meta.keypoint_object == k]
         size = (meta.bbox_max[k] - meta.bbox_min[k]).tolist()
-        extents.append(ObjectExtent(box_size=tuple(size), distance=float(depths.median()) if len(depths) else max(size)))
+        distance = float(depths.median()) if len(depths) else max(size)
+        extents.append(ObjectExtent(box_size=tuple(size), distance=distance))
     return extents
 
 

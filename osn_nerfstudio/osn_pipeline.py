@@ -3,6 +3,7 @@ several devices, CPUs included, and evaluation of the test images at several con
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import typing
@@ -60,7 +61,7 @@ class OSNPipeline(VanillaPipeline):
         # scale sliders, sampling and validity read-outs in ns-viewer and in ns-train's viewer (docs/viewer.md)
         self.viewer_controls = attach_viewer_controls(self)
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+    def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         """nerfstudio's callbacks (the model's refits among them), then one that moves the viewer's sliders to the
         render configuration a refit chose."""
 
@@ -68,8 +69,8 @@ class OSNPipeline(VanillaPipeline):
             if self.model.is_refit_step(step):
                 self.viewer_controls.follow_render_scales()
 
-        follow = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], follow_refit, update_every_num_iters=1)
-        return [*super().get_training_callbacks(training_callback_attributes), follow]
+        follow = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], follow_refit)
+        return [*super().get_training_callbacks(attributes), follow]
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
@@ -102,9 +103,11 @@ class OSNPipeline(VanillaPipeline):
             for name, scales in configurations.items():
                 CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
                 prefix = image_prefixes.get(name) if output_path is not None else None
-                task = progress.add_task(f"configuration {name}", total=len(self.datamanager.fixed_indices_eval_dataloader))
+                num_images = len(self.datamanager.fixed_indices_eval_dataloader)
+                task = progress.add_task(f"configuration {name}", total=num_images)
+                advance = functools.partial(progress.advance, task)
                 with model.at_configuration(scales):
-                    per_image[name] = self.evaluate_images(output_path, prefix, lambda: progress.advance(task))
+                    per_image[name] = self.evaluate_images(output_path, prefix, advance)
 
         averages = {name: average_over(rows, get_std) for name, rows in per_image.items()}
         results = dict(averages.pop("render"))

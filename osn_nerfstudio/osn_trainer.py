@@ -54,7 +54,8 @@ def newest_readable_checkpoint(directory: Path) -> int:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated file raises whatever the unpickler meets
-            CONSOLE.print(f"[yellow]Skipping unreadable checkpoint {path.name} in {path.parent} ({type(error).__name__}: {error}).")
+            reason = f"{type(error).__name__}: {error}"
+            CONSOLE.print(f"[yellow]Skipping unreadable checkpoint {path.name} in {path.parent} ({reason}).")
             continue
         return int(checkpoint_step(path))
     raise FileNotFoundError(f"No readable step-N.ckpt checkpoint in {directory}; start without --load-dir.")

@@ -30,7 +30,8 @@ def small_module() -> nn.Module:
 
 def test_fingerprints_name_exactly_the_tensors_that_differ():
     first, second = small_module(), small_module()
-    assert distributed.disagreeing_tensors(first, [distributed.fingerprints(first), distributed.fingerprints(second)]) == []
+    same = [distributed.fingerprints(first), distributed.fingerprints(second)]
+    assert distributed.disagreeing_tensors(first, same) == []
     with torch.no_grad():
         second[2].bias += 1e-7  # one float's last bits
         second.render_scales[1] = 2.0
@@ -92,7 +93,8 @@ def test_two_cpu_processes_train_through_both_phases_and_resume(tiny_scene: Path
     state = torch.load(checkpoints / f"step-{STEPS - 1:09d}.ckpt", map_location="cpu", weights_only=True)
     assert state["step"] == STEPS - 1
 
-    resumed_args = [a if a != str(STEPS) else str(RESUMED_STEPS) for a in args]  # --max-num-iterations, --steps-per-save
+    # --max-num-iterations and --steps-per-save
+    resumed_args = [a if a != str(STEPS) else str(RESUMED_STEPS) for a in args]
     resumed = train([*resumed_args, "--load-dir", str(checkpoints), "--timestamp", run.name], tmp_path)
     assert f"Resuming at step {STEPS}" in resumed.stdout
     assert f"step {RESUMED_STEPS - 1}: scale network refit" in resumed.stdout and AGREE in resumed.stdout

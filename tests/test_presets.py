@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from osn_nerfstudio.scripts.train_preset import preset_argv
-
 from conftest import REPO, latest_run, tiny_train_args
+from osn_nerfstudio.scripts.train_preset import preset_argv
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -20,6 +19,7 @@ PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 def parse_preset(preset: Path, extra=()):
     """The TrainerConfig ns-train would build from ``preset`` (tyro parses, nothing runs)."""
     import tyro
+
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
     return tyro.cli(AnnotatedBaseConfigUnion, args=preset_argv(preset, list(extra)))
@@ -45,6 +45,7 @@ def test_gpu_preset_values():
     assert config.max_num_iterations == 30000
 
 
+@pytest.mark.slow
 def test_gpu_preset_trains_on_cpu_with_torch_hash_grids(tiny_scene, tmp_path):
     """A few steps of both phases with the GPU preset's fields and samplers, on a CPU (tcnn absent or unusable)."""
     args = tiny_train_args(
