@@ -86,9 +86,8 @@ class OSNModelConfig(ModelConfig):
     alone_accumulation_loss_mult: float = 0.1
     """Pushes the labelled object's opacity to 1 where it is visible."""
     carving_loss_mult: float = 0.01
-    """Pushes every foreground object's opacity alone towards 0 on the pixels of other objects. Weak: a part hidden
-    in some frames is kept by the frames that show it; fog that no frame shows is carved away (it would otherwise
-    contradict the occlusions that validity reads)."""
+    """Pushes every foreground object's opacity alone towards 0 on other objects' pixels (weak: frames that show a
+    part keep it; fog no frame shows is carved away, docs/method.md)."""
     keypoint_depth_loss_mult: float = 0.1
     """Relative keypoint depth error, alone (own units) and in the composite (scaled by s_k)."""
     segmentation_loss_mult: float = 0.05
