@@ -13,16 +13,17 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 from torch import Tensor
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.progress import track
 
 from osn_nerfstudio.core.compositing import render_alone
 from osn_nerfstudio.core.valid_set import ValidSet
 from osn_nerfstudio.core.validity import LabelledSet, SupervisionCache, valid_set
 from osn_nerfstudio.data.osn_datamanager import concat_bundles, random_rows
+from osn_nerfstudio.data.osn_dataset import UNKNOWN_OBJECT
 
 
 @dataclass
@@ -79,7 +80,10 @@ def supervision_cache(
         depths.append(alone.depth)
         accs.append(alone.accumulation)
     return SupervisionCache(
-        depth=torch.cat(depths).cpu(), acc=torch.cat(accs).cpu(), label=labels.long().cpu(), weight=weights.float().cpu()
+        depth=torch.cat(depths).cpu(),
+        acc=torch.cat(accs).cpu(),
+        label=labels.long().cpu(),
+        weight=weights.float().cpu(),
     )
 
 
@@ -105,12 +109,14 @@ def hidden_object_rays(model, datamanager, generator: torch.Generator) -> Tuple[
         hits = model.rays_in_boxes(rays, ones.expand(len(rays), -1), clip_near=False).hit.cpu()
         for k in range(1, model.num_objects):
             away = ~datamanager.near_object(frame, k, config.hidden_gap).reshape(-1) if config.hidden_gap > 0 else True
-            candidates = ((flat >= 0) & (flat != k) & hits[:, k] & away).nonzero()[:, 0]
+            candidates = ((flat != UNKNOWN_OBJECT) & (flat != k) & hits[:, k] & away).nonzero()[:, 0]
             candidates = random_rows(candidates, config.hidden_candidates, generator)
             if len(candidates) == 0:
                 continue
             alone = F.one_hot(torch.full((len(candidates),), k), model.num_objects).bool().to(ones.device)
-            samples, _ = model.sample_objects(rays[candidates.to(ones.device)], ones.expand(len(candidates), -1), alone, False)
+            samples, _ = model.sample_objects(
+                rays[candidates.to(ones.device)], ones.expand(len(candidates), -1), alone, False
+            )
             opaque = candidates[render_alone(samples).accumulation[:, k].cpu() > config.min_accumulation]
             for shown in flat[opaque].unique().tolist():
                 found.setdefault((shown, k), []).append(frame * height * width + opaque[flat[opaque] == shown])
