@@ -43,7 +43,8 @@ def train(name: str, extra: list[str], args) -> tuple[Path, float]:
     log = args.output_dir / f"{experiment}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT,
+                       env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return max((args.output_dir / experiment / "osn").iterdir()), time.perf_counter() - start
 
 
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ablations"))
     parser.add_argument("--variant", action="append", required=True, help='NAME="extra ns-train arguments"')
     args = parser.parse_args()
-    print(f"Machine: {machine_info()}; scene {args.scene}; preset {args.preset.name}; {args.steps} steps; {args.threads} threads\n")
+    print(f"Machine: {machine_info()}; scene {args.scene}; preset {args.preset.name}; {args.steps} steps; "
+          f"{args.threads} threads\n")
     rows = []
     for entry in args.variant:
         name, _, extra = entry.partition("=")
@@ -84,11 +86,13 @@ def main() -> None:
         run, seconds = train(name, shlex.split(extra), args)
         metrics = score(run)
         rows.append((name, extra, seconds, metrics))
-        print(f"{name}: {seconds / 60:.1f} min (load before {load}); " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        print(f"{name}: {seconds / 60:.1f} min (load before {load}); "
+              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     keys = list(rows[0][3])
     print("\n| variant | arguments | training | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys))
     for name, extra, seconds, metrics in rows:
-        print(f"| {name} | `{extra}` | {seconds / 60:.1f} min | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+        print(f"| {name} | `{extra}` | {seconds / 60:.1f} min | "
+              + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

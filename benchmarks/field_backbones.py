@@ -24,8 +24,8 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
-from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
 from machine import load_average, machine_info
+from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig
 
 Backbone = Literal["grid", "hash", "kplanes"]
 

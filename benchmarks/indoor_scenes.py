@@ -222,13 +222,14 @@ def layout_room_a(rng: np.random.Generator) -> Layout:
         dict(shape="cylinder", size=[0.36, 0.36, 3.0], centre=[0.15, 2.7, 1.5], yaw=0.0, material="stone"),
     ]
     movers = [
-        Mover("box", "box", [0.45, 0.45, 0.45], materials["box"], _jitter(rng, [[-2.6, 3.5], [0.0, 3.7], [2.4, 3.4]], 0.1)),
-        Mover("ball", "sphere", [0.44, 0.44, 0.44], materials["ball"], _jitter(rng, [[2.2, -0.8], [0.6, 0.3], [-1.5, 1.6]], 0.1),
-              motion="roll"),
-        Mover("monkey", "monkey", [0.5, 0.42, 0.4], materials["monkey"], _jitter(rng, [[-1.6, 1.4], [0.0, 1.1], [1.0, 1.9]], 0.1),
-              motion="hover", height=0.55, turns=-0.3),
-        Mover("can", "cylinder", [0.24, 0.24, 0.36], materials["can"], _jitter(rng, [[3.6, 2.1], [0.0, 1.9], [-3.6, 2.1]], 0.1),
-              turns=0.6),
+        Mover("box", "box", [0.45, 0.45, 0.45], materials["box"],
+              _jitter(rng, [[-2.6, 3.5], [0.0, 3.7], [2.4, 3.4]], 0.1)),
+        Mover("ball", "sphere", [0.44, 0.44, 0.44], materials["ball"],
+              _jitter(rng, [[2.2, -0.8], [0.6, 0.3], [-1.5, 1.6]], 0.1), motion="roll"),
+        Mover("monkey", "monkey", [0.5, 0.42, 0.4], materials["monkey"],
+              _jitter(rng, [[-1.6, 1.4], [0.0, 1.1], [1.0, 1.9]], 0.1), motion="hover", height=0.55, turns=-0.3),
+        Mover("can", "cylinder", [0.24, 0.24, 0.36], materials["can"],
+              _jitter(rng, [[3.6, 2.1], [0.0, 1.9], [-3.6, 2.1]], 0.1), turns=0.6),
     ]
     lights = [
         dict(type="AREA", size=[2.0, 2.0], energy=150.0, centre=[0.5, 0.5, 2.95]),
@@ -267,12 +268,14 @@ def layout_room_b(rng: np.random.Generator) -> Layout:
         dict(shape="cylinder", size=[0.3, 0.3, 3.0], centre=[0.9, 2.6, 1.5], yaw=0.0, material="column"),
     ]
     movers = [
-        Mover("box", "box", [0.5, 0.4, 0.35], materials["box"], _jitter(rng, [[-0.6, 3.3], [1.0, 3.5], [2.6, 2.8]], 0.1), turns=-0.2),
-        Mover("cone", "cone", [0.36, 0.36, 0.5], materials["cone"], _jitter(rng, [[2.2, 1.8], [1.0, 2.0], [-0.2, 1.8]], 0.1)),
-        Mover("ball", "sphere", [0.36, 0.36, 0.36], materials["ball"], _jitter(rng, [[-2.2, -0.3], [0.0, -0.7], [2.0, -0.2]], 0.1),
-              motion="roll"),
-        Mover("monkey", "monkey", [0.46, 0.4, 0.36], materials["monkey"], _jitter(rng, [[1.9, 0.2], [0.4, 1.0], [-1.0, 0.6]], 0.1),
-              motion="hover", height=0.72, turns=0.35),
+        Mover("box", "box", [0.5, 0.4, 0.35], materials["box"],
+              _jitter(rng, [[-0.6, 3.3], [1.0, 3.5], [2.6, 2.8]], 0.1), turns=-0.2),
+        Mover("cone", "cone", [0.36, 0.36, 0.5], materials["cone"],
+              _jitter(rng, [[2.2, 1.8], [1.0, 2.0], [-0.2, 1.8]], 0.1)),
+        Mover("ball", "sphere", [0.36, 0.36, 0.36], materials["ball"],
+              _jitter(rng, [[-2.2, -0.3], [0.0, -0.7], [2.0, -0.2]], 0.1), motion="roll"),
+        Mover("monkey", "monkey", [0.46, 0.4, 0.36], materials["monkey"],
+              _jitter(rng, [[1.9, 0.2], [0.4, 1.0], [-1.0, 0.6]], 0.1), motion="hover", height=0.72, turns=0.35),
         Mover("cylinder", "cylinder", [0.3, 0.3, 0.3], materials["cylinder"],
               _jitter(rng, [[-3.4, 0.9], [-2.2, 0.9], [-1.0, 1.3]], 0.1), turns=0.4),
     ]
@@ -311,9 +314,10 @@ def layout_room_c(rng: np.random.Generator) -> Layout:
         dict(shape="box", size=[0.4, 0.4, 3.0], centre=[0.3, 3.4, 1.5], yaw=0.3, material="pillar"),
     ]
     movers = [
-        Mover("box", "box", [0.4, 0.4, 0.4], materials["box"], _jitter(rng, [[-1.3, 2.0], [0.2, 1.9], [1.4, 1.6]], 0.1), turns=0.3),
-        Mover("ball", "sphere", [0.4, 0.4, 0.4], materials["ball"], _jitter(rng, [[-1.6, 4.3], [-1.2, 2.8], [0.3, 0.3]], 0.1),
-              motion="roll"),
+        Mover("box", "box", [0.4, 0.4, 0.4], materials["box"],
+              _jitter(rng, [[-1.3, 2.0], [0.2, 1.9], [1.4, 1.6]], 0.1), turns=0.3),
+        Mover("ball", "sphere", [0.4, 0.4, 0.4], materials["ball"],
+              _jitter(rng, [[-1.6, 4.3], [-1.2, 2.8], [0.3, 0.3]], 0.1), motion="roll"),
         Mover("monkey", "monkey", [0.48, 0.42, 0.38], materials["monkey"],
               _jitter(rng, [[2.8, 0.8], [0.6, 2.4], [-2.6, 2.8]], 0.1), motion="hover", height=0.8, turns=0.5),
     ]
@@ -351,7 +355,8 @@ def room_parts(layout: Layout) -> List[dict]:
         ([w, t, h], [0, (d + t) / 2, h / 2], layout.walls[2]),
         ([w, t, h], [0, -(d + t) / 2, h / 2], layout.walls[3]),
     ]
-    return [dict(shape="box", size=size, matrix=rigid(np.eye(3), centre).tolist(), material=m) for size, centre, m in slabs]
+    return [dict(shape="box", size=size, matrix=rigid(np.eye(3), centre).tolist(), material=m)
+            for size, centre, m in slabs]
 
 
 def furniture_parts(layout: Layout) -> List[dict]:
@@ -389,7 +394,8 @@ def check_layout(layout: Layout) -> None:
                     raise ValueError(f"{layout.name}: {mover.name} and {other.name} collide at frame {v}")
             for f in layout.furniture:
                 half = np.asarray(f["size"][:2]) / 2 + 0.8 * mover.radius
-                if np.all(np.abs(a[:2] - np.asarray(f["centre"][:2])) < half) and a[2] < f["centre"][2] + f["size"][2] / 2:
+                if (np.all(np.abs(a[:2] - np.asarray(f["centre"][:2])) < half)
+                        and a[2] < f["centre"][2] + f["size"][2] / 2):
                     raise ValueError(f"{layout.name}: {mover.name} runs into furniture at frame {v}")
             if abs(a[0]) > w / 2 - mover.radius or abs(a[1]) > d / 2 - mover.radius:
                 raise ValueError(f"{layout.name}: {mover.name} leaves the room at frame {v}")
@@ -402,9 +408,11 @@ def render_spec(layout: Layout, seed: int) -> dict:
     objects = []
     for mover in layout.movers:
         matrices = [mover.matrix(v / (NUM_FRAMES - 1)).tolist() for v in range(NUM_FRAMES)]
-        objects.append(dict(name=mover.name, shape=mover.shape, size=list(mover.size), material=mover.name, matrices=matrices))
+        objects.append(dict(name=mover.name, shape=mover.shape, size=list(mover.size), material=mover.name,
+                            matrices=matrices))
     lights = [
-        dict(type=light["type"], size=light["size"], energy=light["energy"], matrix=rigid(np.eye(3), light["centre"]).tolist())
+        dict(type=light["type"], size=light["size"], energy=light["energy"],
+             matrix=rigid(np.eye(3), light["centre"]).tolist())
         for light in layout.lights
     ]
     views = [dict(name=f"train_{v:03d}", frame=v, camera=pose.tolist()) for v, pose in enumerate(train)]
@@ -412,9 +420,9 @@ def render_spec(layout: Layout, seed: int) -> dict:
     materials = {name: m for name, m in layout.materials.items()}
     materials.update({mover.name: mover.material for mover in layout.movers})
     return dict(
-        version=SPEC_VERSION, name=layout.name, seed=seed, resolution=[WIDTH, HEIGHT], fx=FOCAL, rgb_samples=RGB_SAMPLES,
-        materials=materials, background=room_parts(layout) + furniture_parts(layout), objects=objects, lights=lights,
-        views=views, room=list(layout.room),
+        version=SPEC_VERSION, name=layout.name, seed=seed, resolution=[WIDTH, HEIGHT], fx=FOCAL,
+        rgb_samples=RGB_SAMPLES, materials=materials, background=room_parts(layout) + furniture_parts(layout),
+        objects=objects, lights=lights, views=views, room=list(layout.room),
     )
 
 
@@ -440,7 +448,8 @@ def render(spec: dict, raw: Path, views: Optional[List[str]] = None, seed: Optio
     """Run the Blender stage into ``raw``; returns its wall-clock seconds."""
     raw.mkdir(parents=True, exist_ok=True)
     (raw / "spec.json").write_text(json.dumps(spec))
-    args = [blender_python(), str(REPO / "benchmarks" / "indoor" / "blender_render.py"), str(raw / "spec.json"), str(raw)]
+    args = [blender_python(), str(REPO / "benchmarks" / "indoor" / "blender_render.py"), str(raw / "spec.json"),
+            str(raw)]
     if views:
         args += ["--views", *views]
     if seed is not None:
@@ -506,7 +515,9 @@ def pixel_points(depth: np.ndarray) -> np.ndarray:
     return np.stack([x * depth, y * depth, -depth], -1)
 
 
-def covisibility(spec: dict, test: RawView, test_camera: np.ndarray, frame: int, train: List[RawView], cameras) -> np.ndarray:
+def covisibility(
+    spec: dict, test: RawView, test_camera: np.ndarray, frame: int, train: List[RawView], cameras
+) -> np.ndarray:
     """[H, W] test pixels whose surface point at least ``COVISIBLE_FRAMES`` training frames show."""
     labels, depth = test.labels, test.depth
     points = pixel_points(np.where(np.isfinite(depth), depth, 1.0)).reshape(-1, 3)
@@ -526,7 +537,9 @@ def covisibility(spec: dict, test: RawView, test_camera: np.ndarray, frame: int,
             inside = (z > 0) & (col >= 0) & (col < WIDTH) & (row >= 0) & (row < HEIGHT)
             hit = np.zeros(len(z), dtype=bool)
             r, c = row[inside], col[inside]
-            hit[inside] = (view.labels[r, c] == k) & (np.abs(view.depth[r, c] - z[inside]) < COVISIBLE_DEPTH_TOLERANCE * z[inside])
+            hit[inside] = (view.labels[r, c] == k) & (
+                np.abs(view.depth[r, c] - z[inside]) < COVISIBLE_DEPTH_TOLERANCE * z[inside]
+            )
             seen[np.flatnonzero(mine)[hit]] += 1
     return (seen >= COVISIBLE_FRAMES).reshape(HEIGHT, WIDTH)
 
@@ -550,7 +563,8 @@ def export(spec: dict, raw: Path, destination: Path, seed: int, log=print) -> Sc
             write_rgb(root / "images" / f"{stem}.png", view.rgb)
             write_mask(root / "masks" / f"{stem}.png", view.labels)
             write_depth(root / "depth" / f"{stem}.npy", view.depth / units[0])
-            frames.append(Frame(image=f"images/{stem}.png", mask=f"masks/{stem}.png", time=v / FPS, depth=f"depth/{stem}.npy"))
+            frames.append(Frame(image=f"images/{stem}.png", mask=f"masks/{stem}.png", time=v / FPS,
+                                depth=f"depth/{stem}.npy"))
             for k in range(num_objects):
                 poses[k, v] = camera_to_object(spec, k, v, cameras[v], units[k], origins[k])
             keypoints.append(frame_keypoints(view, v, units, rng))
@@ -564,15 +578,18 @@ def export(spec: dict, raw: Path, destination: Path, seed: int, log=print) -> Sc
             write_mask(root / "covisibility" / f"{stem}.png", covisible.astype(np.uint8) * 255)
             pose = camera_to_object(spec, 0, v, test_cameras[v], units[0], origins[0])
             test_views.append(TestView(image=f"images/{stem}.png", time=v / FPS, camera_to_background=pose,
-                                       mask=f"masks/{stem}.png", depth=f"depth/{stem}.npy", covisibility=f"covisibility/{stem}.png"))
+                                       mask=f"masks/{stem}.png", depth=f"depth/{stem}.npy",
+                                       covisibility=f"covisibility/{stem}.png"))
             if v % 10 == 9:
                 log(f"{spec['name']}: exported test view {v + 1}/{NUM_FRAMES}")
-        write_amodal_depth(root / "ground_truth" / "amodal_depth.npy", np.stack([t.amodal for t in train], axis=1) / units[0])
+        write_amodal_depth(root / "ground_truth" / "amodal_depth.npy",
+                           np.stack([t.amodal for t in train], axis=1) / units[0])
         scene = Scene(
             root=root,
             camera=PinholeCamera(width=WIDTH, height=HEIGHT, fx=FOCAL, fy=FOCAL, cx=WIDTH / 2, cy=HEIGHT / 2),
             frames=frames,
-            objects=[SceneObject(name, *object_box(spec, k, info, units[k], origins[k])) for k, name in enumerate(names)],
+            objects=[SceneObject(name, *object_box(spec, k, info, units[k], origins[k]))
+                     for k, name in enumerate(names)],
             camera_to_object=poses,
             registered=np.ones((num_objects, NUM_FRAMES), dtype=bool),
             keypoints=concatenate(keypoints),
@@ -615,7 +632,8 @@ def frame_keypoints(view: RawView, frame: int, units: np.ndarray, rng: np.random
 
 
 def concatenate(parts: List[Keypoints]) -> Keypoints:
-    return Keypoints(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("object_id", "frame", "uv", "depth", "weight")))
+    return Keypoints(*(np.concatenate([getattr(p, f) for p in parts])
+                       for f in ("object_id", "frame", "uv", "depth", "weight")))
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -632,9 +650,11 @@ def ensure_scene(name: str, cache: Path, log=print) -> Path:
     key = spec_hash(spec)
     home = cache / name
     scene_dir, raw = home / "scene", home / "raw"
-    if (home / "spec_hash").is_file() and (home / "spec_hash").read_text() == key and (scene_dir / "scene.json").is_file():
+    if ((home / "spec_hash").is_file() and (home / "spec_hash").read_text() == key
+            and (scene_dir / "scene.json").is_file()):
         return scene_dir
-    if not ((raw / "render_info.json").is_file() and (raw / "spec_hash").is_file() and (raw / "spec_hash").read_text() == key):
+    if not ((raw / "render_info.json").is_file() and (raw / "spec_hash").is_file()
+            and (raw / "spec_hash").read_text() == key):
         shutil.rmtree(raw, ignore_errors=True)
         seconds = render(spec, raw, log=log)
         (raw / "spec_hash").write_text(key)
@@ -651,7 +671,8 @@ def summary(scene_dir: Path) -> str:
     from osn_nerfstudio.data.validation import load_scene
 
     scene = load_scene(scene_dir, check_files=False)
-    visible = np.array([[np.any(scene.load_mask(v) == k) for v in range(scene.num_frames)] for k in range(scene.num_objects)])
+    visible = np.array([[np.any(scene.load_mask(v) == k) for v in range(scene.num_frames)]
+                        for k in range(scene.num_objects)])
     counts = occlusion_counts(scene)
     names = [o.name for o in scene.objects]
     lines = [f"{scene_dir}: render {scene.provenance['render_seconds'] / 60:.1f} min; units (m) "
@@ -667,7 +688,8 @@ def summary(scene_dir: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS))
-    parser.add_argument("--cache", type=Path, default=None, help="cache directory (default: $OSN_CACHE_DIR/benchmarks/indoor)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cache directory (default: $OSN_CACHE_DIR/benchmarks/indoor)")
     parser.add_argument("--check-noise", action="store_true", help="render frame 0 with another seed and compare")
     args = parser.parse_args()
     cache = args.cache or cache_dir()

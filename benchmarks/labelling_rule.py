@@ -45,8 +45,8 @@ def main() -> None:
     exact_draws = exact.sample(args.draws, torch.Generator().manual_seed(1))
     print(f"# Labelling rule: {args.run} (step {step})\n")
     print(f"Machine: {machine_info()}; load average {load_average()}\n")
-    print("| label gap | hidden pixels / pair (gap) | min accumulation | tolerance | truth inside (margin) | recall | precision | "
-          "constraints | set aside |")
+    print("| label gap | hidden pixels / pair (gap) | min accumulation | tolerance | truth inside (margin) | recall "
+          "| precision | constraints | set aside |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = dataclasses.replace(model.config.validity)
     settings = [(gap, hidden, hidden_gap) for gap in args.label_gaps for hidden in args.hidden_pixels
@@ -67,8 +67,8 @@ def main() -> None:
                 members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
                 precision = float(exact.contains(members).float().mean())
                 set_aside = labelled.tolerated_weight + labelled.contradicted_weight
-                print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) | {recall:.3f} | "
-                      f"{precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
+                print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) "
+                      f"| {recall:.3f} | {precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
     print(f"\nsweep took {time.perf_counter() - start:.0f} s")
 
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tyro
 
+from machine import load_average, machine_info
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.scene_format import Scene, read_depth
 from osn_nerfstudio.data.validation import load_scene
@@ -27,7 +28,6 @@ from osn_nerfstudio.process.evaluation import depth_agreement, trajectory_error
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, ProcessReport, process_video
 from osn_nerfstudio.process.trust import TrustConfig
-from machine import load_average, machine_info
 
 SCENES: Dict[str, DemoSceneConfig] = {
     "default demo (128x96, 40 frames, 3 objects)": DemoSceneConfig(),
@@ -114,13 +114,15 @@ def run(name: str, demo: DemoSceneConfig, config: BenchmarkConfig) -> None:
         print("|" + "---|" * len(stages))
         print("| " + " | ".join(f"{best.stage_seconds[s]:.2f}" for s in stages) + " |")
         print("\nSfM per object (s): " + ", ".join(f"{k} {v:.2f}" for k, v in best.sfm_seconds.items()))
-        print("\n| object | registered | keypoints | rotation error mean / max (deg) | translation error mean / max (%) | depth error median / p90 (%) | untrusted |")
+        print("\n| object | registered | keypoints | rotation error mean / max (deg) "
+              "| translation error mean / max (%) | depth error median / p90 (%) | untrusted |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(accuracy_rows(scene, truth, names, best)))
         for o in best.objects:
             if o.untrusted:
                 print(f"\nUntrusted: {o.name}: {o.untrusted}")
-        failures = [f"{o.name}: {reason} (frames {frames_})" for o in best.objects for reason, frames_ in o.unregistered.items()]
+        failures = [f"{o.name}: {reason} (frames {frames_})"
+                    for o in best.objects for reason, frames_ in o.unregistered.items()]
         failures += [f"{o.name}: left out: {o.failure}" for o in best.objects if o.failure]
         if failures:
             print("\nNot registered: " + "; ".join(failures))

@@ -1,6 +1,7 @@
 """Check a trained run against the method's quality bars; print a markdown report.
 
-    python benchmarks/quality.py RUN_DIR [--samples 1000] [--draws 5] [--exact-draws N] [--common-scale-factors 1.03 1.06 1.1]
+    python benchmarks/quality.py RUN_DIR [--samples 1000] [--draws 5] [--exact-draws N]
+        [--common-scale-factors 1.03 1.06 1.1]
 
 RUN_DIR is outputs/<experiment>/osn/<timestamp>. The scene must be a generated one: the demo scene or an indoor
 benchmark scene (``benchmarks/indoor_scenes.py``), whose ``evaluation.amodal_depth`` gives every object's true
@@ -75,7 +76,8 @@ def evaluate_at(pipeline, scales: torch.Tensor) -> dict:
 
 def metric_table(rows: list[tuple[float, dict]], keys: list[str], truth: dict | None) -> str:
     lines = ["| draw | log gap | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    lines += [f"| {i} | {gap:.3f} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |" for i, (gap, m) in enumerate(rows)]
+    lines += [f"| {i} | {gap:.3f} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |"
+              for i, (gap, m) in enumerate(rows)]
     lines.append("| median | | " + " | ".join(f"{np.median([m[k] for _, m in rows]):.4f}" for k in keys) + " |")
     if truth is not None:
         lines.append("| truth | 0 | " + " | ".join(f"{truth[k]:.4f}" for k in keys) + " |")
@@ -86,8 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--draws", type=int, default=5, help="draws of 100 configurations evaluated on the test cameras")
-    parser.add_argument("--exact-draws", type=int, default=None, help="of those drawn from the exact valid set (default: --draws)")
+    parser.add_argument("--draws", type=int, default=5,
+                        help="draws of 100 configurations evaluated on the test cameras")
+    parser.add_argument("--exact-draws", type=int, default=None,
+                        help="of those drawn from the exact valid set (default: --draws)")
     parser.add_argument(
         "--common-scale-factors", type=float, nargs="*", default=[1.03, 1.06, 1.1],
         help="factors applied to every foreground object's true scale, each evaluated on the test cameras",
@@ -111,10 +115,13 @@ def main() -> None:
 
     print(f"# Quality: {args.run} (step {step})\n")
     print(f"Machine: {machine_info()}; load average {load_average()}\n")
-    print(f"* true configuration {[round(float(s), 4) for s in truth]}: scale network score {float(score(truth[None])[0]):.3f}; "
+    print(f"* true configuration {[round(float(s), 4) for s in truth]}: "
+          f"scale network score {float(score(truth[None])[0]):.3f}; "
           f"valid by the labelling rule: {bool(labelled.valid.contains(truth[None])[0])} (margin "
-          f"{float(labelled.valid.margins(truth[None])[0]):+.4f}); exactly valid: {bool(exact.contains(truth[None])[0])}; "
-          f"explains {float(validity(cache, truth[None], model.config.validity.min_accumulation)[0]):.4f} of the supervision rays")
+          f"{float(labelled.valid.margins(truth[None])[0]):+.4f}); "
+          f"exactly valid: {bool(exact.contains(truth[None])[0])}; "
+          f"explains {float(validity(cache, truth[None], model.config.validity.min_accumulation)[0]):.4f} "
+          "of the supervision rays")
     print(f"* labelling: {labelled.constraint_weight:.0f} constraints, {labelled.tolerated_weight:.0f} tolerated, "
           f"{labelled.contradicted_weight:.0f} set aside as contradicted")
     print(f"* {args.samples} sampled configurations (fell back: {sampled.fell_back}): "
@@ -122,13 +129,15 @@ def main() -> None:
           f"{float(labelled.valid.contains(scales).float().mean()):.3f} valid by the labelling rule")
     print(f"* {args.samples} configurations drawn from the exact valid set: "
           f"{float((score(exact_draws) > 0.5).float().mean()):.3f} scored valid by the scale network")
-    print(f"* exact valid set: {float(exact.contains(uniform).float().mean()):.3%} of the scale-range box; labelled set: "
-          f"{float(labelled.valid.contains(uniform).float().mean()):.3%}; scale network > 0.5: "
+    print(f"* exact valid set: {float(exact.contains(uniform).float().mean()):.3%} of the scale-range box; "
+          f"labelled set: {float(labelled.valid.contains(uniform).float().mean()):.3%}; scale network > 0.5: "
           f"{float((score(uniform) > 0.5).float().mean()):.3%}")
 
     counts = occlusion_counts(scene)
-    pairs = [(i, j) for i in range(len(names)) for j in range(1, len(names)) if i != j and counts[i, j] >= MIN_OCCLUSION_PIXELS]
-    print("\n| occluder | occluded | pixels | true ratio | sampled ratio interval | exact interval | reversal: OSN | reversal: labelled valid |")
+    pairs = [(i, j) for i in range(len(names)) for j in range(1, len(names))
+             if i != j and counts[i, j] >= MIN_OCCLUSION_PIXELS]
+    print("\n| occluder | occluded | pixels | true ratio | sampled ratio interval | exact interval | reversal: OSN "
+          "| reversal: labelled valid |")
     print("|---|---|---|---|---|---|---|---|")
     for i, j in pairs:
         ratios = scales[:, i] / scales[:, j]
@@ -137,14 +146,17 @@ def main() -> None:
         reverse = reversed_configuration(cache, truth, i, j)
         osn_rev = "n/a" if reverse is None else f"{float(score(reverse[None])[0]):.3f}"
         rule_rev = "n/a" if reverse is None else str(bool(labelled.valid.contains(reverse[None])[0]))
-        print(f"| {names[i]} | {names[j]} | {counts[i, j]} | {true_ratio:.3f} | {float(ratios.min()):.3f}..{float(ratios.max()):.3f} "
+        print(f"| {names[i]} | {names[j]} | {counts[i, j]} | {true_ratio:.3f} "
+              f"| {float(ratios.min()):.3f}..{float(ratios.max()):.3f} "
               f"| {low:.3f}..{high:.3f} | {osn_rev} | {rule_rev} |")
-    print("\n| object | true scale | scale range | sampled by the scale network | exact valid set |\n|---|---|---|---|---|")
+    print("\n| object | true scale | scale range | sampled by the scale network | exact valid set |"
+          "\n|---|---|---|---|---|")
     exact_low, exact_high = (bound.exp() for bound in exact.log_box())
     for k, name in enumerate(names[1:], start=1):
         low, high = model.scale_range[k].tolist()
-        print(f"| {name} | {float(truth[k]):.3f} | {low:.3f}..{high:.3f} | {float(scales[:, k].min()):.3f}..{float(scales[:, k].max()):.3f} | "
-              f"{float(exact_low[k]):.3f}..{float(exact_high[k]):.3f} |")
+        print(f"| {name} | {float(truth[k]):.3f} | {low:.3f}..{high:.3f} "
+              f"| {float(scales[:, k].min()):.3f}..{float(scales[:, k].max()):.3f} "
+              f"| {float(exact_low[k]):.3f}..{float(exact_high[k]):.3f} |")
 
     learned_closest, exact_closest = closest_in_groups(scales, truth), closest_in_groups(exact_draws, truth)
     learned_gaps, exact_gaps = [gap for gap, _ in learned_closest], [gap for gap, _ in exact_closest]

@@ -32,12 +32,13 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 import tyro
+
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 
+from machine import load_average, machine_info
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, ensure_demo_scene
 from osn_nerfstudio.osn_config import osn_method
-from machine import load_average, machine_info
 
 Phase = Literal["bootstrap", "alternation"]
 PHASES: Tuple[Phase, ...] = ("bootstrap", "alternation")
@@ -188,7 +189,8 @@ def report(pipeline: VanillaPipeline, optimizers: Optimizers, args: BenchmarkArg
             blocks[phase].append(time_block(pipeline, optimizers, phase, args.block))
 
     print(
-        f"\nload average {load_average()} | {model.num_objects} objects (K, background included) | {rays} rays per step | "
+        f"\nload average {load_average()} | {model.num_objects} objects (K, background included) | "
+        f"{rays} rays per step | "
         f"Adam {'fused' if args.fused_adam else 'default (for-loop)'} | "
         f"malloc {'keeps freed memory' if args.keep_freed_memory else 'default'}"
     )

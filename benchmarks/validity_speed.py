@@ -16,13 +16,14 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import List, Literal, Tuple
 
 import torch
 import tyro
 
-from osn_nerfstudio.core.validity import DEFAULT_CHUNK_ELEMENTS, SupervisionCache, plan_validity, score_plan, validity
 from machine import load_average, machine_info
+from osn_nerfstudio.core.validity import DEFAULT_CHUNK_ELEMENTS, SupervisionCache, plan_validity, score_plan, validity
 
 
 @dataclass
@@ -108,7 +109,7 @@ def time_table(config: BenchmarkConfig, thread_counts: List[int], generator: tor
             multi = sum(len(rays.weight) for rays in plan.multi)
             for threads in thread_counts:
                 torch.set_num_threads(threads)
-                fastest, median = timed(lambda: validity(cache, scales, min_accumulation=0.1), config.repeats)
+                fastest, median = timed(partial(validity, cache, scales, min_accumulation=0.1), config.repeats)
                 print(
                     f"| {num_objects} | {kind} | {single} / {multi} | {threads} | {fastest:.2f} | {median:.2f} "
                     f"| {work / fastest:.3g} |"
@@ -128,7 +129,7 @@ def sweep_chunks(config: BenchmarkConfig, thread_counts: List[int], generator: t
     for threads in thread_counts:
         torch.set_num_threads(threads)
         for chunk in config.chunk_sizes:
-            fastest, median = timed(lambda: score_plan(plan, scales, chunk), config.repeats)
+            fastest, median = timed(partial(score_plan, plan, scales, chunk), config.repeats)
             print(f"| 2^{chunk.bit_length() - 1} | {threads} | {fastest:.2f} | {median:.2f} |")
 
 if __name__ == "__main__":

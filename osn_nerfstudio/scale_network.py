@@ -76,7 +76,9 @@ class ObjectScaleNetwork(nn.Module):
         self.register_buffer("scale_range", scale_range.detach().float().clone())
         num_inputs = scale_range.shape[0] - 1
         # where sampling draws its candidates (log-scale bounds, ValidSet): the scale ranges until a refit says more
-        self.register_buffer("proposal_bounds", ValidSet.from_constraints(unbounded(len(scale_range)), scale_range).closed().bounds)
+        self.register_buffer(
+            "proposal_bounds", ValidSet.from_constraints(unbounded(len(scale_range)), scale_range).closed().bounds
+        )
         # the network reads (u - input_offset) @ input_transform.T: the unit cube centred at first, the valid set later
         self.register_buffer("input_offset", torch.full((num_inputs,), 0.5))
         self.register_buffer("input_transform", 2.0 * torch.eye(num_inputs))
@@ -218,9 +220,9 @@ class ObjectScaleNetwork(nn.Module):
         """``n`` configurations drawn uniformly from the region the network scores above 0.5.
 
         Draws ``n * candidates_per_sample`` candidates from the proposal set (:meth:`set_proposal`), then twice as
-        many each round, until ``n`` pass or ``config.max_candidates`` are spent. If fewer pass (an untrained network, or a valid
-        region too small to find), the best-scored candidates fill the rest and the result says so; sampling never
-        fails.
+        many each round, until ``n`` pass or ``config.max_candidates`` are spent. If fewer pass (an untrained
+        network, or a valid region too small to find), the best-scored candidates fill the rest and the result says
+        so; sampling never fails.
         """
         per_round = n * (candidates_per_sample or self.config.candidates_per_sample)
         budget = max(self.config.max_candidates, per_round)

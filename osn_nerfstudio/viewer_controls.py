@@ -52,7 +52,9 @@ def sliders_from_scales(scales: Float[Tensor, " K"], scale_range: Float[Tensor, 
     return [float(v) for v in clamped]
 
 
-def closest_to_truth(true_scales: Float[Tensor, " K"], scale_range: Float[Tensor, "K 2"]) -> Optional[Float[Tensor, " K"]]:
+def closest_to_truth(
+    true_scales: Float[Tensor, " K"], scale_range: Float[Tensor, "K 2"]
+) -> Optional[Float[Tensor, " K"]]:
     """The configuration within the scale ranges closest to the true scales (the truth itself when it lies inside);
     None when the scene does not know them."""
     if torch.isnan(true_scales).any():
@@ -220,7 +222,12 @@ class OSNViewerControls(ViewerControl):
         near, far = self.model.depth_bounds.tolist()
         middle = 0.5 * (near + far)
         view = camera_view(
-            camera.camera_to_worlds, float(camera.fy), float(camera.cy), middle, 0.2 * middle, VISER_NERFSTUDIO_SCALE_RATIO
+            camera.camera_to_worlds,
+            float(camera.fy),
+            float(camera.cy),
+            middle,
+            0.2 * middle,
+            VISER_NERFSTUDIO_SCALE_RATIO,
         )
         with client.atomic():
             client.camera.fov = view.fov

@@ -53,7 +53,10 @@ def write_authors_dataset(scene: Scene, destination: Path, preproc: str = "sam_r
         "img_h": camera.height,
         "img_w": camera.width,
         "focal": camera.fx,
-        "frames": [{"time": v / (scene.num_frames - 1), "transform_matrix": scene.camera_to_object[0, v].tolist()} for v in range(scene.num_frames)],
+        "frames": [
+            {"time": v / (scene.num_frames - 1), "transform_matrix": scene.camera_to_object[0, v].tolist()}
+            for v in range(scene.num_frames)
+        ],
     }
     (destination / "transforms_train.json").write_text(json.dumps(meta))
     kp = scene.keypoints

@@ -209,7 +209,10 @@ def _evaluation(files: SceneData, num_frames: int, num_objects: int) -> Evaluati
     )
     files.images[view.image], files.masks[view.mask], files.depths[view.depth] = rgb, labels, z.astype(np.float32)
     files.masks[view.covisibility] = (labels != 2).astype(np.uint8) * 255  # say, the blue box was never seen
-    amodal = [[render(camera_to_background(f), f, num_objects, only=k)[2] for f in range(num_frames)] for k in range(num_objects)]
+    amodal = [
+        [render(camera_to_background(f), f, num_objects, only=k)[2] for f in range(num_frames)]
+        for k in range(num_objects)
+    ]
     files.amodal[AMODAL_DEPTH] = np.array(amodal, dtype=np.float32)
     return Evaluation(test_views=[view], relative_scales=SCALES[:num_objects].copy(), amodal_depth=AMODAL_DEPTH)
 

@@ -7,8 +7,8 @@ import torch
 
 from osn_nerfstudio.core import metrics
 from osn_nerfstudio.core.metrics import (
-    lpips,
     load_lpips,
+    lpips,
     mean_iou,
     median,
     median_aligned_depth_errors,

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from nerfstudio.utils.external import TCNN_EXISTS
 
 from osn_nerfstudio.fields.object_fields import (
@@ -177,18 +178,24 @@ def test_footprint_rule_gives_each_object_cells_as_fine_as_its_pixels():
     config = ObjectFieldsConfig(grid_sizing="footprint", grid_resolutions=(0, 0, 0), grid_pixels_per_cell=2.0,
                                 grid_max_cells=1 << 30, grid_min_resolution=8)
     # a 20 cm ball seen from 2 m by a 300-pixel focal length spans 30 pixels: 15 cells, then 8 (the floor) twice
-    assert footprint_resolutions(ObjectExtent((0.2, 0.2, 0.2), 2.0), 300.0, config) == [(8, 8, 8), (8, 8, 8), (15, 15, 15)]
+    assert footprint_resolutions(ObjectExtent((0.2, 0.2, 0.2), 2.0), 300.0, config) == [
+        (8, 8, 8), (8, 8, 8), (15, 15, 15)
+    ]
     # a 10 x 4 x 3 m room seen from 5 m: 300 x 120 x 90 cells, halving per level; its units do not matter
     room = footprint_resolutions(ObjectExtent((10.0, 4.0, 3.0), 5.0), 300.0, config)
     assert room == [(75, 30, 22), (150, 60, 45), (300, 120, 90)]
     assert footprint_resolutions(ObjectExtent((1.0, 0.4, 0.3), 0.5), 300.0, config) == room
     # capped: the finest level shrinks evenly to the cell budget
-    capped = footprint_resolutions(ObjectExtent((10.0, 4.0, 3.0), 5.0), 300.0, replace(config, grid_max_cells=300 * 120 * 90 // 8))
+    capped = footprint_resolutions(
+        ObjectExtent((10.0, 4.0, 3.0), 5.0), 300.0, replace(config, grid_max_cells=300 * 120 * 90 // 8)
+    )
     assert capped[-1] == (150, 60, 45)
 
 
 def test_footprint_sized_fields_build_each_objects_grids():
-    config = ObjectFieldsConfig(backbone="grid", implementation="torch", grid_sizing="footprint", grid_max_cells=1 << 16)
+    config = ObjectFieldsConfig(
+        backbone="grid", implementation="torch", grid_sizing="footprint", grid_max_cells=1 << 16
+    )
     extents = [ObjectExtent((10.0, 4.0, 3.0), 5.0), ObjectExtent((0.2, 0.2, 0.2), 2.0)]
     fields = ObjectFields(2, config, extents, focal=300.0)
     for k, extent in enumerate(extents):
@@ -202,7 +209,9 @@ def test_footprint_sized_fields_build_each_objects_grids():
 
 
 def test_footprint_sizing_sets_each_objects_finest_hash_resolution():
-    config = ObjectFieldsConfig(backbone="hash", implementation="torch", grid_sizing="footprint", hash_log2_table_size=10)
+    config = ObjectFieldsConfig(
+        backbone="hash", implementation="torch", grid_sizing="footprint", hash_log2_table_size=10
+    )
     extents = [ObjectExtent((10.0, 4.0, 3.0), 5.0), ObjectExtent((0.2, 0.2, 0.2), 2.0)]
     fields = ObjectFields(2, config, extents, focal=300.0)
     # nerfstudio keeps each level's resolution as ``scalings`` (min_res times the growth factor per level)

@@ -117,7 +117,9 @@ def test_validity_from_the_cache_matches_re_rendering_each_configuration(setup):
     rays = rays[hits[:, 1:].any(-1)]  # rays on foreground objects, where the depth order matters
     cache_labels = torch.zeros(len(rays), dtype=torch.long)
     cache = supervision_cache(model, rays, cache_labels, torch.ones(len(rays)))
-    configurations = model.scale_network.ranges.denormalise(torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1)))
+    configurations = model.scale_network.ranges.denormalise(
+        torch.rand(12, model.num_objects - 1, generator=torch.Generator().manual_seed(1))
+    )
     configurations = torch.cat([configurations, model.true_scales[None]])
     # label every ray by what the true configuration shows, then score every configuration both ways
     truth_winner = render(model, rays, model.true_scales)["object_weights"].argmax(-1)
@@ -221,7 +223,10 @@ class ShownLabels:
     def __init__(self, model, outputs):
         self.cameras = outputs.cameras
         self.height, self.width = int(outputs.cameras.height[0]), int(outputs.cameras.width[0])
-        shown = [render(model, frame_rays(outputs, f), model.true_scales)["object_weights"].argmax(-1) for f in range(len(outputs.cameras))]
+        shown = [
+            render(model, frame_rays(outputs, f), model.true_scales)["object_weights"].argmax(-1)
+            for f in range(len(outputs.cameras))
+        ]
         self.labels = torch.stack(shown).reshape(-1, self.height, self.width)
 
     def supervising_labels(self, gap: int) -> torch.Tensor:

@@ -56,10 +56,13 @@ def test_gpu_preset_trains_on_cpu_with_torch_hash_grids(tiny_scene, tmp_path):
         "--pipeline.model.validity.pixels-per-object", "128",
         "--pipeline.model.validity.boundary-pixels-per-object", "32",
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "step 5: scale network refit" in " ".join(result.stdout.split())
     checkpoint = torch.load(next((latest_run(tmp_path) / "nerfstudio_models").glob("step-*.ckpt")), map_location="cpu")
     hash_tables = [k for k in checkpoint["pipeline"] if "fields.encoding" in k and "hash_table" in k]
     assert hash_tables, "the GPU preset's fields should be hash grids"
-    assert all(torch.isfinite(v).all() for k, v in checkpoint["pipeline"].items() if torch.is_tensor(v) and v.is_floating_point())
+    assert all(torch.isfinite(v).all() for k, v in checkpoint["pipeline"].items()
+               if torch.is_tensor(v) and v.is_floating_point())

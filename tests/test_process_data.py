@@ -9,13 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import tiny_train_args
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.scene_format import read_depth
 from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.evaluation import depth_agreement, trajectory_error
 from osn_nerfstudio.process.frames import FrameSamplingConfig, read_frames
 from osn_nerfstudio.process.pipeline import PREVIEW_FILE, ProcessDataConfig, process_video
-from conftest import tiny_train_args
 from process_factory import export_frames_and_masks, write_video
 
 DEMO = DemoSceneConfig(seed=0, width=128, height=96, num_frames=24, num_objects=1, supersampling=2, test_view_every=24)
@@ -69,7 +69,9 @@ def test_trajectories_match_ground_truth_after_similarity_alignment(processed, t
     error = trajectory_error(scene.camera_to_object[k], truth.camera_to_object[k])
     print(f"object {k}: {error}")
     assert error.rotation_deg_mean < MAX_ROTATION_MEAN_DEG and error.rotation_deg_max < MAX_ROTATION_DEG, error
-    assert error.translation_relative_mean < MAX_TRANSLATION_MEAN and error.translation_relative_max < MAX_TRANSLATION, error
+    assert (
+        error.translation_relative_mean < MAX_TRANSLATION_MEAN and error.translation_relative_max < MAX_TRANSLATION
+    ), error
 
 
 @pytest.mark.parametrize("k", [0, 1])
@@ -93,7 +95,9 @@ def test_processed_scene_trains(processed, tmp_path):
     args = tiny_train_args(
         scene.root, tmp_path, steps=steps, steps_per_save=steps, bootstrap=4, steps_per_round=2, validity_candidates=256
     )
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert list(tmp_path.glob(f"tiny/osn/*/nerfstudio_models/step-{steps - 1:09d}.ckpt"))
 

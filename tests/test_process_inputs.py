@@ -48,7 +48,9 @@ def test_unreadable_video_is_named(tmp_path):
 def test_cli_reports_bad_input_with_exit_code_1(tmp_path, monkeypatch, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
-    monkeypatch.setattr(sys, "argv", ["osn-process-data", "video", "--data", str(video), "--output-dir", str(tmp_path / "out")])
+    monkeypatch.setattr(
+        sys, "argv", ["osn-process-data", "video", "--data", str(video), "--output-dir", str(tmp_path / "out")]
+    )
     with pytest.raises(SystemExit) as info:
         process_data.entrypoint()
     assert info.value.code == 1
@@ -58,15 +60,24 @@ def test_cli_reports_bad_input_with_exit_code_1(tmp_path, monkeypatch, capsys):
 def test_prompt_outside_the_image_names_object_and_frame(inputs, tmp_path):
     frames, _ = inputs
     prompts = {"objects": [{"name": "box", "frames": {"2": {"points": [[20, 10], [60, 10]]}}}]}
-    config = ProcessDataConfig(data=frames, output_dir=tmp_path / "scene", sam_checkpoint=tmp_path / "missing.pth", sam_prompts=json.dumps(prompts))
-    with pytest.raises(ProcessDataError, match=r"object 'box', frame 2: position \[60\.0, 10\.0\] lies outside the 48x36 frame"):
+    config = ProcessDataConfig(
+        data=frames,
+        output_dir=tmp_path / "scene",
+        sam_checkpoint=tmp_path / "missing.pth",
+        sam_prompts=json.dumps(prompts),
+    )
+    with pytest.raises(
+        ProcessDataError, match=r"object 'box', frame 2: position \[60\.0, 10\.0\] lies outside the 48x36 frame"
+    ):
         process_video(config)
     assert_nothing_written(tmp_path, tmp_path / "scene")
 
 
 def test_object_never_visible_is_named(inputs, tmp_path):
     frames, masks = inputs
-    config = ProcessDataConfig(data=frames, output_dir=tmp_path / "scene", masks=masks, object_names=["box", "sphere", "ghost"])
+    config = ProcessDataConfig(
+        data=frames, output_dir=tmp_path / "scene", masks=masks, object_names=["box", "sphere", "ghost"]
+    )
     with pytest.raises(ProcessDataError, match=r"'ghost' \(label 3\) never visible"):
         process_video(config)
     assert_nothing_written(tmp_path, tmp_path / "scene")

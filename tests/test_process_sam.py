@@ -17,7 +17,15 @@ from osn_nerfstudio.process.common import ProcessDataError
 from osn_nerfstudio.process.flow import FlowConfig, compute_flow, warp_labels
 from osn_nerfstudio.process.frames import FrameSamplingConfig, read_frames
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, process_video
-from osn_nerfstudio.process.sam import MIN_AREA, SamArchitecture, build_sam, load_sam, prompt_from_mask, sam_architecture, sam_masks
+from osn_nerfstudio.process.sam import (
+    MIN_AREA,
+    SamArchitecture,
+    build_sam,
+    load_sam,
+    prompt_from_mask,
+    sam_architecture,
+    sam_masks,
+)
 from process_factory import export_frames_and_masks
 
 TINY = SamArchitecture(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, image_size=256)
@@ -47,13 +55,19 @@ def frames_dir(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "build, name, depth, heads, global_blocks",
-    [(build_sam_vit_b, "vit_b", 12, 12, (2, 5, 8, 11)), (build_sam_vit_l, "vit_l", 24, 16, (5, 11, 17, 23)), (build_sam_vit_h, "vit_h", 32, 16, (7, 15, 23, 31))],
+    [
+        (build_sam_vit_b, "vit_b", 12, 12, (2, 5, 8, 11)),
+        (build_sam_vit_l, "vit_l", 24, 16, (5, 11, 17, 23)),
+        (build_sam_vit_h, "vit_h", 32, 16, (7, 15, 23, 31)),
+    ],
 )
 def test_released_model_types_are_read_from_tensor_shapes(build, name, depth, heads, global_blocks):
     with torch.device("meta"):  # shapes only: no memory, no weights
         architecture = sam_architecture(build().state_dict())
     assert architecture.name == name
-    assert (architecture.depth, architecture.num_heads, architecture.global_attn_indexes) == (depth, heads, global_blocks)
+    assert (architecture.depth, architecture.num_heads, architecture.global_attn_indexes) == (
+        depth, heads, global_blocks
+    )
     assert (architecture.window_size, architecture.image_size, architecture.prompt_embed_dim) == (14, 1024, 256)
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
+from osn_nerfstudio.data.scene_format import PinholeCamera
 from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, process_video, summary_table
 from osn_nerfstudio.process.sfm import ObjectSfM
 from osn_nerfstudio.process.trust import TrustConfig, trust_signals, untrusted_reason
-from osn_nerfstudio.data.scene_format import PinholeCamera
 from process_factory import export_frames_and_masks
 
 
@@ -43,7 +43,11 @@ def test_signals_and_thresholds():
     reason = untrusted_reason(trust_signals(_sfm(short, 200), visible), TrustConfig())
     assert reason is not None and "10 of the 37 frames" in reason and "keypoints per registered frame" not in reason
     sparse = untrusted_reason(trust_signals(_sfm(good, 40), visible), TrustConfig())
-    assert sparse is not None and "40 keypoints per registered frame" in sparse and "frames where it is visible" not in sparse
+    assert (
+        sparse is not None
+        and "40 keypoints per registered frame" in sparse
+        and "frames where it is visible" not in sparse
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,9 @@ def test_default_demo_leaves_out_the_untrusted_small_objects(default_demo):
     assert [o.name for o in scene.objects] == ["background", "box"]
     by_name = {o.name: o for o in report.objects}
     for name in ("sphere", "cylinder"):
-        assert by_name[name].failure is not None and by_name[name].failure.startswith("untrusted registration"), by_name[name]
+        assert (
+            by_name[name].failure is not None and by_name[name].failure.startswith("untrusted registration")
+        ), by_name[name]
         assert "frames where it is visible" in by_name[name].failure
     assert by_name["box"].untrusted is None and by_name["box"].failure is None
     assert by_name["background"].untrusted is None

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from osn_nerfstudio.osn_trainer import checkpoint_step, newest_readable_checkpoint
 from conftest import TINY_BOOTSTRAP, TINY_ROUND, TINY_STEPS, latest_run, tiny_train_args
+from osn_nerfstudio.osn_trainer import checkpoint_step, newest_readable_checkpoint
 
 SAVE_EVERY = 30
 KILL_AFTER_STEP = TINY_BOOTSTRAP + TINY_ROUND // 2  # in the middle of the first alternation round
@@ -51,7 +51,9 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tiny_scene: Path,
     output_dir = tmp_path / "outputs"
     args = tiny_train_args(tiny_scene, output_dir, steps_per_save=SAVE_EVERY)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    first = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     try:
         wait_for_checkpoint(first, output_dir, KILL_AFTER_STEP)
     finally:
@@ -110,8 +112,9 @@ def test_resuming_a_finished_run_changes_nothing(tiny_scene: Path, tiny_run: Pat
     run = output_dir / "tiny" / "osn" / tiny_run.name
     shutil.copytree(tiny_run, run)
     before = {p.name: p.read_bytes() for p in (run / "nerfstudio_models").iterdir()}
+    resume = ["--load-dir", str(run / "nerfstudio_models"), "--timestamp", run.name]
     result = subprocess.run(
-        tiny_train_args(tiny_scene, output_dir) + ["--load-dir", str(run / "nerfstudio_models"), "--timestamp", run.name],
+        tiny_train_args(tiny_scene, output_dir) + resume,
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -10,7 +10,6 @@ from osn_nerfstudio.core.scale_ranges import ScaleRanges
 from osn_nerfstudio.scale_network import ObjectScaleNetwork, ScaleNetworkConfig
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """The network's matrices are tiny: a second intra-op thread only adds synchronisation, which on a shared

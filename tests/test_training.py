@@ -26,7 +26,9 @@ def trained_run(tiny_scene: Path, tmp_path_factory) -> Path:
         tiny_scene, output_dir, steps=STEPS, steps_per_save=STEPS, bootstrap=BOOTSTRAP, steps_per_round=ROUND,
         validity_candidates=4096, rays_per_batch=512, keypoint_rays=128,
     )
-    result = subprocess.run(args, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return latest_run(output_dir)
 
@@ -70,7 +72,10 @@ def test_training_reaches_stated_quality_and_recovers_a_valid_configuration(trai
 
 def test_sample_command_writes_json_and_keeps_existing_files(trained_run: Path, tmp_path: Path):
     output = tmp_path / "configurations.json"
-    args = [command("osn-sample-configurations"), "--load-config", str(trained_run / "config.yml"), "--output", str(output), "--num", "8"]
+    args = [
+        command("osn-sample-configurations"), "--load-config", str(trained_run / "config.yml"),
+        "--output", str(output), "--num", "8",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(output.read_text())

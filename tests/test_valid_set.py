@@ -5,9 +5,15 @@ import math
 import pytest
 import torch
 
-from osn_nerfstudio.core.valid_set import ValidSet
-from osn_nerfstudio.core.validity import SupervisionCache, ValidityConfig, labelled_candidates, valid_set, zbuffer_winner
 from osn_nerfstudio.core.scale_ranges import ScaleRanges
+from osn_nerfstudio.core.valid_set import ValidSet
+from osn_nerfstudio.core.validity import (
+    SupervisionCache,
+    ValidityConfig,
+    labelled_candidates,
+    valid_set,
+    zbuffer_winner,
+)
 
 RANGE = torch.tensor([[1.0, 1.0], [0.1, 10.0], [0.1, 10.0]], dtype=torch.float64)
 EXACT = ValidityConfig(tolerance=0.0, min_tolerated=0.0)

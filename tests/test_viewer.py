@@ -116,7 +116,9 @@ def labelled(driver, label: str, css: str):
     """The ``css`` element of the viewer row whose label reads ``label``."""
     from selenium.webdriver.common.by import By
 
-    row = driver.find_element(By.XPATH, f"//label[normalize-space()='{label}']/ancestor::div[contains(@class,'Flex-root')][1]")
+    row = driver.find_element(
+        By.XPATH, f"//label[normalize-space()='{label}']/ancestor::div[contains(@class,'Flex-root')][1]"
+    )
     return row.find_element(By.CSS_SELECTOR, css)
 
 
@@ -146,7 +148,9 @@ def view_image(driver) -> np.ndarray:
     from selenium.webdriver.common.by import By
 
     # the scene's canvas is the narrower one (the control panel takes the right of the page)
-    canvas = min((c for c in driver.find_elements(By.TAG_NAME, "canvas") if c.size["width"] > 0), key=lambda c: c.size["width"])
+    canvas = min(
+        (c for c in driver.find_elements(By.TAG_NAME, "canvas") if c.size["width"] > 0), key=lambda c: c.size["width"]
+    )
     page = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     ratio = page.width / driver.execute_script("return window.innerWidth")
     box = [round(v * ratio) for v in (canvas.location["x"], canvas.location["y"])]
@@ -191,7 +195,9 @@ def test_viewer_page_has_osn_controls_and_a_slider_rerenders(tiny_run: Path, tin
         wait_for("ns-viewer to serve its page", viewer_page_ready(url, viewer, log), timeout=90)
         driver = browser(tempfile.mkdtemp(dir=tmp_path))
         driver.get(url)
-        wait_for("the OSN controls", lambda: driver.find_elements(By.XPATH, "//label[normalize-space()='OSN score']"), 60)
+        wait_for(
+            "the OSN controls", lambda: driver.find_elements(By.XPATH, "//label[normalize-space()='OSN score']"), 60
+        )
 
         sliders = {name: labelled(driver, f"{name} scale", "[role='slider']") for name in foreground}
         assert driver.find_elements(By.XPATH, "//button[normalize-space()='Sample valid configuration']")
@@ -222,12 +228,16 @@ def test_viewer_page_has_osn_controls_and_a_slider_rerenders(tiny_run: Path, tin
         after = settled_view(driver)
         save_artifact(driver, tmp_path / "viewer-after.png")
         difference = np.abs(after - before).mean()
-        assert difference > 1.0, f"moving the {foreground[0]} slider left the view unchanged (mean difference {difference:.3f})"
+        assert difference > 1.0, (
+            f"moving the {foreground[0]} slider left the view unchanged (mean difference {difference:.3f})"
+        )
 
         # the sample button moves the sliders
         values = [slider.get_attribute("aria-valuenow") for slider in sliders.values()]
         driver.find_element(By.XPATH, "//button[normalize-space()='Sample valid configuration']").click()
-        wait_for("the sliders to move", lambda: [s.get_attribute("aria-valuenow") for s in sliders.values()] != values, 15)
+        wait_for(
+            "the sliders to move", lambda: [s.get_attribute("aria-valuenow") for s in sliders.values()] != values, 15
+        )
         settled_view(driver)
         save_artifact(driver, tmp_path / "viewer-sampled.png")
     finally:

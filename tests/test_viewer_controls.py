@@ -1,4 +1,5 @@
-"""The viewer controls' logic without a browser: a loaded tiny run, its elements, and their callbacks pressed directly."""
+"""The viewer controls' logic without a browser: a loaded tiny run, its elements, and their callbacks pressed
+directly."""
 
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ def expected_readouts(pipeline, cache, scales):
     model = pipeline.model
     osn_score = float(model.scale_network.probability(scales[None])[0])
     exact = float(validity(cache, scales.cpu()[None], model.config.validity.min_accumulation)[0])
-    margin = float(valid_set(cache, model.scale_range.cpu(), model.config.validity).valid.margins(scales.cpu()[None])[0])
+    margin = float(
+        valid_set(cache, model.scale_range.cpu(), model.config.validity).valid.margins(scales.cpu()[None])[0]
+    )
     return osn_score, exact, margin
 
 
@@ -108,7 +111,9 @@ def test_the_viewer_finds_sliders_buttons_and_readouts_in_order(pipeline):
     for (_, slider), (low, high) in zip(found, model.scale_range[1:].tolist()):
         assert (slider.min, slider.max) == pytest.approx((low, high))
         assert low <= slider.value <= high
-    assert [control for _, control in parse_object(pipeline, ViewerControl, "Custom Elements")] == [pipeline.viewer_controls]
+    assert [control for _, control in parse_object(pipeline, ViewerControl, "Custom Elements")] == [
+        pipeline.viewer_controls
+    ]
 
 
 def test_sample_button_moves_the_render_configuration_and_the_readouts(pipeline, cache):
@@ -173,7 +178,9 @@ def test_setup_shows_the_configuration_and_places_new_views(pipeline):
     connected = []
     controls._setup(SimpleNamespace(viser_server=SimpleNamespace(on_client_connect=connected.append)))
     assert connected == [controls.look_from_first_frame]
-    assert [slider.value for slider in controls.scale_sliders] == pytest.approx(pipeline.model.render_scales[1:].tolist())
+    assert [slider.value for slider in controls.scale_sliders] == pytest.approx(
+        pipeline.model.render_scales[1:].tolist()
+    )
 
 
 def test_sliders_follow_the_render_configuration_a_refit_chooses(pipeline):

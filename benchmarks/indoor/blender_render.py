@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import bpy  # first: it makes Blender's own modules (bmesh, mathutils) importable
+
+# isort: split
 import bmesh
 import numpy as np
 from mathutils import Matrix
@@ -126,7 +128,8 @@ def build_material(name: str, spec: dict) -> bpy.types.Material:
 
 
 def build_mesh(name: str, shape: str, size) -> bpy.types.Mesh:
-    """A primitive scaled to full extents ``size`` (metres) about its centre, as a mesh with smooth normals where curved."""
+    """A primitive scaled to full extents ``size`` (metres) about its centre, as a mesh with smooth normals where
+    curved."""
     bm = bmesh.new()
     if shape == "box":
         bmesh.ops.create_cube(bm, size=1.0)
@@ -247,7 +250,9 @@ def build_scene(spec: dict, threads: int):
     ]
     groups = [background]
     for obj in spec["objects"]:
-        groups.append([add_object(obj["name"], obj["shape"], obj["size"], materials[obj["material"]], obj["matrices"][0])])
+        groups.append(
+            [add_object(obj["name"], obj["shape"], obj["size"], materials[obj["material"]], obj["matrices"][0])]
+        )
     add_lights(scene, spec["lights"])
     return scene, add_camera(scene, spec), groups
 

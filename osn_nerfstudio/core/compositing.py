@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-
 MIN_ACCUMULATION_FOR_DEPTH = 1e-4
 """An object more transparent than this on a ray gets depth 0 there when rendered alone."""
 

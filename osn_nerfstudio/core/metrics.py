@@ -108,8 +108,9 @@ def load_lpips(net_type: str = "alex") -> Tuple[Optional[nn.Module], str]:
     path = lpips_weights_path(net_type)
     if not path.is_file():
         return None, (
-            f"LPIPS skipped: the {net_type} backbone weights are not in the torch hub cache ({path}). Put the file "
-            "there (e.g. run torchmetrics' LearnedPerceptualImagePatchSimilarity once with network access) to report it."
+            f"LPIPS skipped: the {net_type} backbone weights are not in the torch hub cache ({path}). "
+            "Put the file there (e.g. run torchmetrics' LearnedPerceptualImagePatchSimilarity once with network "
+            "access) to report it."
         )
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 

@@ -95,7 +95,9 @@ class ValidSet:
             x[k] = (low + high) / 2
         return x
 
-    def sample(self, n: int, generator: torch.Generator, proposals: int = 1 << 20, steps: int = 30) -> Float[Tensor, "n K"]:
+    def sample(
+        self, n: int, generator: torch.Generator, proposals: int = 1 << 20, steps: int = 30
+    ) -> Float[Tensor, "n K"]:
         """``n`` members of a non-empty set as scales, approximately uniform.
 
         Rejection from the set's bounding box (exactly uniform) while up to ``proposals`` candidates find enough;
@@ -144,7 +146,9 @@ class ValidSet:
         """
         bounds = self.bounds.double().cpu().numpy()
         num_objects = len(bounds)
-        finite = [(i, j) for i in range(num_objects) for j in range(num_objects) if i != j and np.isfinite(bounds[i, j])]
+        finite = [
+            (i, j) for i in range(num_objects) for j in range(num_objects) if i != j and np.isfinite(bounds[i, j])
+        ]
         distance, previous = np.zeros(num_objects), np.full(num_objects, -1)
         for _ in range(num_objects + 1):
             last = None

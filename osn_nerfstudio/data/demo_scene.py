@@ -784,7 +784,9 @@ def _render_frame(world: DemoWorld, root: Path, frame: int) -> Tuple[Frame, Keyp
     view = render_view(world, camera_to_world, time, supersampling=world.config.supersampling)
     image, mask, depth = _write_view(root, f"{frame:05d}", view, world.units[0])
     keypoints = _frame_keypoints(world, frame, camera_to_world, view)
-    alone = [render_view(world, camera_to_world, time, objects=[k], shade=False).depth for k in range(world.num_objects)]
+    alone = [
+        render_view(world, camera_to_world, time, objects=[k], shade=False).depth for k in range(world.num_objects)
+    ]
     return (
         Frame(image=image, mask=mask, time=time, depth=depth),
         keypoints,
@@ -850,8 +852,10 @@ def _render_scene(world: DemoWorld, root: Path) -> Scene:
 # --------------------------------------------------------------------------------------------- entry points
 
 
-def make_demo_scene(destination: Path, config: DemoSceneConfig = DemoSceneConfig()) -> Scene:
-    """Generate the demo scene into ``destination`` (which must not exist), staged and moved into place."""
+def make_demo_scene(destination: Path, config: Optional[DemoSceneConfig] = None) -> Scene:
+    """Generate the demo scene into ``destination`` (which must not exist), staged and moved into place; ``config``
+    defaults to ``DemoSceneConfig()``."""
+    config = config if config is not None else DemoSceneConfig()
     destination = Path(destination)
     world = build_demo_world(config)
     with staged_directory(destination) as staging:
@@ -897,8 +901,10 @@ def _check_cached_scene(root: Path, config: DemoSceneConfig) -> None:
         )
 
 
-def ensure_demo_scene(config: DemoSceneConfig = DemoSceneConfig(), cache_dir: Optional[Path] = None) -> Path:
-    """The demo scene for ``config`` in the cache, generated on first use and reused afterwards."""
+def ensure_demo_scene(config: Optional[DemoSceneConfig] = None, cache_dir: Optional[Path] = None) -> Path:
+    """The demo scene for ``config`` (default: ``DemoSceneConfig()``) in the cache, generated on first use and reused
+    afterwards."""
+    config = config if config is not None else DemoSceneConfig()
     root = Path(cache_dir if cache_dir is not None else demo_cache_dir()) / demo_scene_name(config)
     if root.exists():
         CONSOLE.print(f"Using the cached demo scene {root}")

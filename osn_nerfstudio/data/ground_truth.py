@@ -50,7 +50,10 @@ def exact_cache(scene: Scene) -> SupervisionCache:
     hit = torch.isfinite(depth)
     own_units = torch.where(hit, depth, torch.ones_like(depth)) / torch.from_numpy(scales).double()
     return SupervisionCache(
-        depth=own_units, acc=hit.double(), label=torch.from_numpy(np.concatenate(labels)), weight=torch.ones(len(depth), dtype=torch.float64)
+        depth=own_units,
+        acc=hit.double(),
+        label=torch.from_numpy(np.concatenate(labels)),
+        weight=torch.ones(len(depth), dtype=torch.float64),
     )
 
 

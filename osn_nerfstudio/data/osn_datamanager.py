@@ -73,7 +73,9 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         frames = meta.keypoint_frame[rows]
         uv = meta.keypoint_uv[rows]
         cameras = self.train_dataset.cameras.to(self.device)
-        bundle = cameras.generate_rays(camera_indices=frames[:, None].to(self.device), coords=uv.flip(-1).to(self.device))
+        bundle = cameras.generate_rays(
+            camera_indices=frames[:, None].to(self.device), coords=uv.flip(-1).to(self.device)
+        )
         images = self.train_frames[0]
         height, width = images.shape[1:3]
         x = uv[:, 0].long().clamp(0, width - 1)
@@ -188,5 +190,7 @@ def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:
         nears=cat(first.nears, second.nears),
         fars=cat(first.fars, second.fars),
         times=cat(first.times, second.times),
-        metadata={key: torch.cat([value, second.metadata[key].to(value.device)]) for key, value in first.metadata.items()},
+        metadata={
+            key: torch.cat([value, second.metadata[key].to(value.device)]) for key, value in first.metadata.items()
+        },
     )

@@ -189,7 +189,9 @@ class SceneObject:
     @staticmethod
     def from_json(data: Dict[str, Any]) -> "SceneObject":
         data = _mapping(data)
-        return SceneObject(name=_string(data, "name"), bbox_min=_vector(data, "bbox_min"), bbox_max=_vector(data, "bbox_max"))
+        return SceneObject(
+            name=_string(data, "name"), bbox_min=_vector(data, "bbox_min"), bbox_max=_vector(data, "bbox_max")
+        )
 
 
 @dataclass
@@ -413,7 +415,9 @@ def read_amodal_depth(path: Path) -> np.ndarray:
     except (OSError, ValueError, EOFError) as err:
         raise SceneFormatError(f"{path}: cannot read the amodal depth ({err}).") from err
     if depth.ndim != 4 or depth.dtype != np.float32:
-        raise SceneFormatError(f"{path}: amodal depth must be a [K, F, H, W] float32 array, found {list(depth.shape)} {depth.dtype}.")
+        raise SceneFormatError(
+            f"{path}: amodal depth must be a [K, F, H, W] float32 array, found {list(depth.shape)} {depth.dtype}."
+        )
     return depth
 
 
@@ -510,7 +514,9 @@ def read_scene(root: Path | str) -> Scene:
     except _FieldError as err:
         raise SceneFormatError(f"{root / SCENE_FILE}: {err}.") from err
     poses = _load_npz(root / POSES_FILE, {"camera_to_object": "fiu", "registered": "biu"})
-    kps = _load_npz(root / KEYPOINTS_FILE, {"object_id": "iu", "frame": "iu", "uv": "fiu", "depth": "fiu", "weight": "fiu"})
+    kps = _load_npz(
+        root / KEYPOINTS_FILE, {"object_id": "iu", "frame": "iu", "uv": "fiu", "depth": "fiu", "weight": "fiu"}
+    )
     return Scene(
         root=root,
         camera_to_object=poses["camera_to_object"].astype(np.float64),
@@ -600,7 +606,9 @@ class staged_directory:
             if exc_type is not None:
                 return
             if self.destination.exists():
-                raise FileExistsError(f"{self.destination}: appeared while it was being built; refusing to overwrite it.")
+                raise FileExistsError(
+                    f"{self.destination}: appeared while it was being built; refusing to overwrite it."
+                )
             os.replace(self.staging, self.destination)
         finally:
             if self.staging.exists():

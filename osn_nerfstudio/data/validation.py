@@ -235,9 +235,14 @@ def _check_keypoints(scene: Scene) -> List[str]:
     inside = np.isfinite(u) & np.isfinite(v) & (u >= 0) & (v >= 0) & (u <= W) & (v <= H)
     report(np.flatnonzero(~inside), f"lie outside the {W}x{H} image (0 <= u <= {W}, 0 <= v <= {H})")
     report(np.flatnonzero(~(np.isfinite(kp.depth) & (kp.depth > 0))), "have a depth that is not finite and positive")
-    report(np.flatnonzero(~(np.isfinite(kp.weight) & (kp.weight > 0) & (kp.weight <= 1))), "have a weight outside (0, 1]")
+    report(
+        np.flatnonzero(~(np.isfinite(kp.weight) & (kp.weight > 0) & (kp.weight <= 1))), "have a weight outside (0, 1]"
+    )
     if scene.registered.shape == (K, F):
-        report(np.flatnonzero(~scene.registered[kp.object_id, kp.frame]), "lie in frames where their object is not registered")
+        report(
+            np.flatnonzero(~scene.registered[kp.object_id, kp.frame]),
+            "lie in frames where their object is not registered",
+        )
     counts = np.bincount(kp.object_id, minlength=K)
     for k in np.flatnonzero(counts == 0):
         why = "the scene's depth range" if k == 0 else "its scale range"
@@ -299,7 +304,10 @@ def _check_image(scene: Scene, where: str, relative: str) -> Optional[str]:
     with Image.open(path) as image:
         size = image.size
     if size != (scene.camera.width, scene.camera.height):
-        return f"{where}: image {relative} is {size[0]}x{size[1]} but the camera is {scene.camera.width}x{scene.camera.height}."
+        return (
+            f"{where}: image {relative} is {size[0]}x{size[1]} "
+            f"but the camera is {scene.camera.width}x{scene.camera.height}."
+        )
     return None
 
 
@@ -312,7 +320,10 @@ def _check_mask(scene: Scene, where: str, relative: str) -> Optional[str]:
     except SceneFormatError as err:
         return f"{where}: mask {relative}: {str(err).removeprefix(f'{path}: ')}"
     if labels.shape != (scene.camera.height, scene.camera.width):
-        return f"{where}: mask {relative} is {labels.shape[1]}x{labels.shape[0]} but the camera is {scene.camera.width}x{scene.camera.height}."
+        return (
+            f"{where}: mask {relative} is {labels.shape[1]}x{labels.shape[0]} "
+            f"but the camera is {scene.camera.width}x{scene.camera.height}."
+        )
     values = np.unique(labels)
     unknown = values[((values < 0) | (values >= scene.num_objects)) & (values != scene.mask_ignore_label)]
     if unknown.size:
@@ -332,7 +343,10 @@ def _check_covisibility(scene: Scene, where: str, relative: str) -> Optional[str
     except SceneFormatError as err:
         return f"{where}: co-visibility mask {relative}: {str(err).removeprefix(f'{path}: ')}"
     if mask.shape != (scene.camera.height, scene.camera.width):
-        return f"{where}: co-visibility mask {relative} is {mask.shape[1]}x{mask.shape[0]} but the camera is {scene.camera.width}x{scene.camera.height}."
+        return (
+            f"{where}: co-visibility mask {relative} is {mask.shape[1]}x{mask.shape[0]} "
+            f"but the camera is {scene.camera.width}x{scene.camera.height}."
+        )
     return None
 
 
@@ -345,7 +359,10 @@ def _check_depth(scene: Scene, where: str, relative: str) -> Optional[str]:
     except SceneFormatError as err:
         return f"{where}: depth {relative}: {str(err).removeprefix(f'{path}: ')}"
     if depth.shape != (scene.camera.height, scene.camera.width):
-        return f"{where}: depth {relative} has shape {list(depth.shape)}, expected [{scene.camera.height}, {scene.camera.width}] (height, width)."
+        return (
+            f"{where}: depth {relative} has shape {list(depth.shape)}, "
+            f"expected [{scene.camera.height}, {scene.camera.width}] (height, width)."
+        )
     if np.any(np.isnan(depth)) or np.any(depth < 0):
         return f"{where}: depth {relative} has NaN or negative values (use 0 or inf for pixels without depth)."
     return None
@@ -361,7 +378,10 @@ def _check_amodal_depth(scene: Scene, relative: str) -> Optional[str]:
         return f"{where}: {str(err).removeprefix(f'{path}: ')}"
     expected = (scene.num_objects, scene.num_frames, scene.camera.height, scene.camera.width)
     if depth.shape != expected:
-        return f"{where}: {relative} has shape {list(depth.shape)}, expected {list(expected)} (objects, frames, height, width)."
+        return (
+            f"{where}: {relative} has shape {list(depth.shape)}, "
+            f"expected {list(expected)} (objects, frames, height, width)."
+        )
     if np.isnan(depth).any() or (depth < 0).any():
         return f"{where}: {relative} has NaN or negative values (use inf where an object does not cover a pixel)."
     return None

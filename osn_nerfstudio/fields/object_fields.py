@@ -16,11 +16,12 @@ from typing import Dict, List, Literal, Optional, Protocol, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from torch import Tensor, nn
+
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlanesEncoding, SHEncoding
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.utils.external import TCNN_EXISTS
-from torch import Tensor, nn
 
 TCNN_INSTALL_HINT = (
     "install it on a CUDA machine with "

@@ -28,9 +28,9 @@ import numpy as np
 
 from osn_nerfstudio.data.scene_format import Frame, Keypoints, PinholeCamera, Scene, SceneObject
 from osn_nerfstudio.process.common import CONSOLE, ProcessDataError
-from osn_nerfstudio.process.frames import FrameSamplingConfig, Frames, read_frame_folder
+from osn_nerfstudio.process.frames import Frames, FrameSamplingConfig, read_frame_folder
 from osn_nerfstudio.process.masks import BACKGROUND_NAME, mask_files, read_label_maps
-from osn_nerfstudio.process.pipeline import ObjectReport, ProcessReport, TOOL_NAME, print_summary, publish, write_scene
+from osn_nerfstudio.process.pipeline import TOOL_NAME, ObjectReport, ProcessReport, print_summary, publish, write_scene
 
 
 @dataclass
@@ -133,7 +133,10 @@ def import_authors_dataset(config: ImportAuthors) -> ProcessReport:
     camera = PinholeCamera(width=width, height=height, fx=focal, fy=focal, cx=width / 2, cy=height / 2)
     frames: Frames = read_frame_folder(root / "images_train", FrameSamplingConfig())
     if frames.size != (width, height):
-        raise ProcessDataError(f"{root}/images_train: frames are {frames.size[0]}x{frames.size[1]}, transforms_train.json says {width}x{height}.")
+        raise ProcessDataError(
+            f"{root}/images_train: frames are {frames.size[0]}x{frames.size[1]}, "
+            f"transforms_train.json says {width}x{height}."
+        )
     frames.times = _times(meta, frames.num_frames, root)
     preproc = root / config.preproc_path
     num_objects = 0
@@ -143,7 +146,9 @@ def import_authors_dataset(config: ImportAuthors) -> ProcessReport:
         raise ProcessDataError(f"{preproc}/poses: no pose0.npy; is --preproc-path right (their config's preproc_path)?")
     names = [BACKGROUND_NAME, *(config.object_names or [f"object-{k}" for k in range(1, num_objects)])]
     if len(names) != num_objects:
-        raise ProcessDataError(f"{preproc}/poses holds {num_objects} objects but --object-names gives {len(names) - 1} name(s).")
+        raise ProcessDataError(
+            f"{preproc}/poses holds {num_objects} objects but --object-names gives {len(names) - 1} name(s)."
+        )
     masks_dir = root / config.masks_dir
     if not (masks_dir.is_dir() and mask_files(masks_dir)):
         raise ProcessDataError(f"{masks_dir}: no masks (.npy or .png label maps); is --masks-dir right?")
@@ -151,18 +156,33 @@ def import_authors_dataset(config: ImportAuthors) -> ProcessReport:
     parts = [_object(preproc, k, frames.num_frames, camera) for k in range(num_objects)]
     unregistered = np.flatnonzero(~parts[0][1])
     if unregistered.size:
-        raise ProcessDataError(f"{preproc}/poses/vis0.npy: the background is not registered in frames {unregistered.tolist()[:10]}.")
+        raise ProcessDataError(
+            f"{preproc}/poses/vis0.npy: the background is not registered in frames {unregistered.tolist()[:10]}."
+        )
     report.stage_seconds["read"] = time.perf_counter() - start
     scene = Scene(
         root=Path(),
         camera=camera,
-        frames=[Frame(image=f"images/{v:05d}.png", mask=f"masks/{v:05d}.png", time=float(t)) for v, t in enumerate(frames.times)],
+        frames=[
+            Frame(image=f"images/{v:05d}.png", mask=f"masks/{v:05d}.png", time=float(t))
+            for v, t in enumerate(frames.times)
+        ],
         objects=[SceneObject(name, part[2][:, 0], part[2][:, 1]) for name, part in zip(names, parts)],
         camera_to_object=np.stack([p[0] for p in parts]),
         registered=np.stack([p[1] for p in parts]),
-        keypoints=Keypoints(*(np.concatenate([getattr(p[3], f) for p in parts]) for f in ("object_id", "frame", "uv", "depth", "weight"))),
+        keypoints=Keypoints(
+            *(
+                np.concatenate([getattr(p[3], f) for p in parts])
+                for f in ("object_id", "frame", "uv", "depth", "weight")
+            )
+        ),
         mask_ignore_label=config.ignore_label,
-        provenance={"tool": TOOL_NAME, "imported_from": str(root), "format": "OSN authors' processed data", "preproc_path": config.preproc_path},
+        provenance={
+            "tool": TOOL_NAME,
+            "imported_from": str(root),
+            "format": "OSN authors' processed data",
+            "preproc_path": config.preproc_path,
+        },
     )
     report.objects = [
         ObjectReport(name, int(part[1].sum()), int((scene.keypoints.object_id == k).sum()), part[4])

@@ -96,5 +96,10 @@ def warp_labels(labels: np.ndarray, backward: np.ndarray, fill: int) -> np.ndarr
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     map_x, map_y = cols + backward[..., 0], rows + backward[..., 1]
     return cv2.remap(
-        labels.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill)
+        labels.astype(np.float32),
+        map_x,
+        map_y,
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=float(fill),
     ).astype(labels.dtype)

@@ -34,7 +34,9 @@ class FrameSamplingConfig:
         if self.fps is not None and not self.fps > 0:
             raise ProcessDataError(f"--fps must be positive, got {self.fps}.")
         if self.max_frames is not None and self.max_frames < 2:
-            raise ProcessDataError(f"--max-frames must be at least 2 (a video needs two frames), got {self.max_frames}.")
+            raise ProcessDataError(
+                f"--max-frames must be at least 2 (a video needs two frames), got {self.max_frames}."
+            )
         if not self.downscale >= 1.0:
             raise ProcessDataError(f"--downscale must be >= 1 (1 keeps the input size), got {self.downscale}.")
         if not self.frame_rate > 0:
@@ -102,7 +104,8 @@ def read_frame_folder(folder: Path, config: FrameSamplingConfig) -> Frames:
     files = image_files(folder)
     if len(files) < 2:
         raise ProcessDataError(
-            f"{folder}: found {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); a video needs at least 2 frames."
+            f"{folder}: found {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); "
+            "a video needs at least 2 frames."
         )
     step = config.step(config.frame_rate)
     picked = list(range(0, len(files), step))[: config.max_frames]
@@ -118,8 +121,8 @@ def read_frame_folder(folder: Path, config: FrameSamplingConfig) -> Frames:
                 size = (rgb.shape[1], rgb.shape[0])
             elif (rgb.shape[1], rgb.shape[0]) != size:
                 raise ProcessDataError(
-                    f"{files[index]}: is {rgb.shape[1]}x{rgb.shape[0]} but {files[picked[0]].name} is {size[0]}x{size[1]}; "
-                    "every frame must have the same size."
+                    f"{files[index]}: is {rgb.shape[1]}x{rgb.shape[0]} "
+                    f"but {files[picked[0]].name} is {size[0]}x{size[1]}; every frame must have the same size."
                 )
             images.append(resize_image(rgb, output_size(size, config.downscale)))
             advance()
@@ -141,7 +144,9 @@ def read_video(path: Path, config: FrameSamplingConfig) -> Frames:
     try:
         rate = capture.get(cv2.CAP_PROP_FPS)
         if not (np.isfinite(rate) and rate > 0):
-            CONSOLE.print(f"[yellow]{path}: the video states no frame rate; assuming {DEFAULT_FRAME_RATE} fps.[/yellow]")
+            CONSOLE.print(
+                f"[yellow]{path}: the video states no frame rate; assuming {DEFAULT_FRAME_RATE} fps.[/yellow]"
+            )
             rate = DEFAULT_FRAME_RATE
         step = config.step(rate)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -164,7 +169,9 @@ def read_video(path: Path, config: FrameSamplingConfig) -> Frames:
     finally:
         capture.release()
     if len(images) < 2:
-        raise ProcessDataError(f"{path}: decoded {len(images)} frame(s) at the chosen --fps; a video needs at least 2. {advice}")
+        raise ProcessDataError(
+            f"{path}: decoded {len(images)} frame(s) at the chosen --fps; a video needs at least 2. {advice}"
+        )
     size = (images[0].shape[1], images[0].shape[0])
     target = output_size(size, config.downscale)
     return Frames(

@@ -33,7 +33,9 @@ def _read_array(path: Path) -> np.ndarray:
         except (OSError, ValueError, EOFError) as err:
             raise ProcessDataError(f"{path}: cannot read the mask ({err}).") from err
         if array.ndim != 2 or array.dtype.kind not in "biu":
-            raise ProcessDataError(f"{path}: a mask array must be 2D integers or booleans, found {array.dtype} {list(array.shape)}.")
+            raise ProcessDataError(
+                f"{path}: a mask array must be 2D integers or booleans, found {array.dtype} {list(array.shape)}."
+            )
         return array.astype(np.int64)
     try:
         return read_mask(path)
@@ -137,7 +139,8 @@ def read_user_masks(
     if mask_files(folder):
         if subfolders:
             raise ProcessDataError(
-                f"{folder}: holds both mask files and sub-folders; use one layout: label maps, or one folder per object."
+                f"{folder}: holds both mask files and sub-folders; "
+                "use one layout: label maps, or one folder per object."
             )
         return read_label_maps(folder, frames, object_names, ignore_label)
     if not subfolders:
@@ -160,4 +163,6 @@ def check_visible(labels: np.ndarray, names: Sequence[str], what: str) -> None:
             f"({what}) belongs to them. Fix the masks or prompts, or leave those objects out."
         )
     if counts[0] == 0:
-        raise ProcessDataError(f"the background has no pixel in any frame's mask ({what}); label 0 must be the background.")
+        raise ProcessDataError(
+            f"the background has no pixel in any frame's mask ({what}); label 0 must be the background."
+        )

@@ -38,7 +38,7 @@ from osn_nerfstudio.data.scene_format import (
 from osn_nerfstudio.data.validation import validate_scene
 from osn_nerfstudio.process.common import CONSOLE, ProcessDataError, progress_bar
 from osn_nerfstudio.process.flow import FlowConfig, VideoFlow, compute_flow
-from osn_nerfstudio.process.frames import FrameSamplingConfig, Frames, frame_label, read_frames, select_frames
+from osn_nerfstudio.process.frames import Frames, FrameSamplingConfig, frame_label, read_frames, select_frames
 from osn_nerfstudio.process.masks import check_visible, read_user_masks
 from osn_nerfstudio.process.preview import write_preview
 from osn_nerfstudio.process.sam import download_advice, sam_masks
@@ -158,11 +158,19 @@ def _initial_camera(config: ProcessDataConfig, frames: Frames) -> PinholeCamera:
 
 def _object_tracks(tracks: Tracks, k: int) -> Tracks:
     rows = tracks.object_id == k
-    return Tracks(track=tracks.track[rows], frame=tracks.frame[rows], uv=tracks.uv[rows], track_object=tracks.track_object)
+    return Tracks(
+        track=tracks.track[rows], frame=tracks.frame[rows], uv=tracks.uv[rows], track_object=tracks.track_object
+    )
 
 
 def _reconstruct_all(
-    tracks: Tracks, names: List[str], camera: PinholeCamera, estimate_intrinsics: bool, num_frames: int, config: ProcessDataConfig, report: ProcessReport
+    tracks: Tracks,
+    names: List[str],
+    camera: PinholeCamera,
+    estimate_intrinsics: bool,
+    num_frames: int,
+    config: ProcessDataConfig,
+    report: ProcessReport,
 ) -> Tuple[Dict[int, ObjectBox], Dict[int, str], PinholeCamera]:
     """Per-object SfM, background first (it fixes the intrinsics the other objects share)."""
     results: Dict[int, ObjectBox] = {}
@@ -172,7 +180,11 @@ def _reconstruct_all(
             start = time.perf_counter()
             try:
                 sfm = reconstruct_object(
-                    _object_tracks(tracks, k), camera, num_frames, config.sfm, refine_intrinsics=estimate_intrinsics and k == 0
+                    _object_tracks(tracks, k),
+                    camera,
+                    num_frames,
+                    config.sfm,
+                    refine_intrinsics=estimate_intrinsics and k == 0,
                 )
                 results[k] = to_object_frame(sfm, margin=config.box_margin)
                 if k == 0:
@@ -203,7 +215,9 @@ def _frame_failures_by_reason(failures: Dict[int, str], kept: np.ndarray) -> Dic
     return grouped
 
 
-def _keypoints(box: ObjectBox, k: int, new_index: np.ndarray, kept: np.ndarray, camera: PinholeCamera, scale: float) -> Keypoints:
+def _keypoints(
+    box: ObjectBox, k: int, new_index: np.ndarray, kept: np.ndarray, camera: PinholeCamera, scale: float
+) -> Keypoints:
     sfm = box.sfm
     u, v = sfm.keypoint_uv[:, 0], sfm.keypoint_uv[:, 1]
     rows = kept[sfm.keypoint_frame] & (u >= 0) & (v >= 0) & (u <= camera.width) & (v <= camera.height)
@@ -254,7 +268,11 @@ def assemble_scene(
             elif k > 0:  # the background is needed in every frame; its unregistered frames are dropped instead
                 visible = (labels == k).any(axis=(1, 2))
                 sfm = box.sfm
-                kept_sfm = replace(sfm, registered=sfm.registered[kept], keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]])
+                kept_sfm = replace(
+                    sfm,
+                    registered=sfm.registered[kept],
+                    keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]],
+                )
                 untrusted = untrusted_reason(trust_signals(kept_sfm, visible), config.trust)
                 if untrusted is not None and not config.trust.keep_untrusted:
                     reason = untrusted
@@ -282,7 +300,8 @@ def assemble_scene(
         root=root,
         camera=camera,
         frames=[
-            Frame(image=f"images/{v:05d}.png", mask=f"masks/{v:05d}.png", time=float(t)) for v, t in enumerate(kept_frames.times)
+            Frame(image=f"images/{v:05d}.png", mask=f"masks/{v:05d}.png", time=float(t))
+            for v, t in enumerate(kept_frames.times)
         ],
         objects=objects,
         camera_to_object=np.stack(poses),
@@ -390,11 +409,15 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
     with _timed(report, "sfm"):
         results, failures, camera = _reconstruct_all(tracks, names, camera, estimate, frames.num_frames, config, report)
     report.camera_source = (
-        f"estimated by the background's SfM: fx = fy = {camera.fx:.2f} px" if estimate else f"given: fx = fy = {camera.fx:.2f} px"
+        f"estimated by the background's SfM: fx = fy = {camera.fx:.2f} px"
+        if estimate
+        else f"given: fx = fy = {camera.fx:.2f} px"
     )
 
     def build(root: Path) -> None:
-        scene, kept_frames, kept_labels = assemble_scene(root, frames, labels, names, results, failures, camera, config, report)
+        scene, kept_frames, kept_labels = assemble_scene(
+            root, frames, labels, names, results, failures, camera, config, report
+        )
         scene.provenance = _provenance(config, report)
         with _timed(report, "write"):
             write_scene(scene, kept_frames, kept_labels, config.preview)
@@ -414,7 +437,10 @@ def _frames_text(frames: List[int]) -> str:
 
 def summary_table(report: ProcessReport) -> Table:
     scene = report.scene
-    title = f"{scene.root}: {scene.num_frames} frames at {scene.camera.width}x{scene.camera.height}, {scene.num_objects} objects"
+    title = (
+        f"{scene.root}: {scene.num_frames} frames at {scene.camera.width}x{scene.camera.height}, "
+        f"{scene.num_objects} objects"
+    )
     table = Table(title=title, title_justify="left")
     for column in ("object", "registered frames", "keypoints", "mean reproj. error (px)", "notes"):
         table.add_column(column, justify="left" if column in ("object", "notes") else "right")

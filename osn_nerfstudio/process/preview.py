@@ -32,13 +32,17 @@ def _all_masks(rgb: np.ndarray, labels: np.ndarray, zoom: int) -> np.ndarray:
     return _zoom((0.45 * rgb + 0.55 * colours).astype(np.uint8), zoom)
 
 
-def _object_view(rgb: np.ndarray, labels: np.ndarray, k: int, uv: np.ndarray, depth: np.ndarray, zoom: int) -> np.ndarray:
+def _object_view(
+    rgb: np.ndarray, labels: np.ndarray, k: int, uv: np.ndarray, depth: np.ndarray, zoom: int
+) -> np.ndarray:
     """The frame dimmed outside object k's mask, with its keypoints coloured by depth (turbo: near red, far blue)."""
     inside = (labels == k)[..., None]
     view = _zoom(np.where(inside, rgb, 0.3 * rgb).astype(np.uint8), zoom)
     if len(depth):
         span = np.ptp(depth) or 1.0
-        shades = cv2.applyColorMap((255 * (1 - (depth - depth.min()) / span)).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_TURBO)
+        shades = cv2.applyColorMap(
+            (255 * (1 - (depth - depth.min()) / span)).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_TURBO
+        )
         for (u, v), bgr in zip(uv * zoom, shades[:, 0]):
             cv2.circle(view, (int(u), int(v)), max(1, zoom // 2), tuple(int(c) for c in bgr[::-1]), -1)
     return view
@@ -46,7 +50,9 @@ def _object_view(rgb: np.ndarray, labels: np.ndarray, k: int, uv: np.ndarray, de
 
 def _title(width: int, text: str, colour: np.ndarray) -> np.ndarray:
     header = np.full((HEADER, width, 3), 255, dtype=np.uint8)
-    cv2.putText(header, text, (3, HEADER - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, tuple(int(c) for c in colour), 1, cv2.LINE_AA)
+    cv2.putText(
+        header, text, (3, HEADER - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, tuple(int(c) for c in colour), 1, cv2.LINE_AA
+    )
     return header
 
 
@@ -69,5 +75,7 @@ def preview_image(
     return np.concatenate(rows, axis=0)
 
 
-def write_preview(path: Path, images: np.ndarray, labels: np.ndarray, keypoints: Keypoints, names: Sequence[str]) -> None:
+def write_preview(
+    path: Path, images: np.ndarray, labels: np.ndarray, keypoints: Keypoints, names: Sequence[str]
+) -> None:
     write_rgb(path, preview_image(images, labels, keypoints, names))

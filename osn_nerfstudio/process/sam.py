@@ -147,7 +147,9 @@ def load_sam(checkpoint: Optional[Path], device: str = "cpu"):
     try:
         state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean the same to the user
-        raise ProcessDataError(f"{checkpoint}: cannot load it as a PyTorch checkpoint ({err}).\n{download_advice()}") from err
+        raise ProcessDataError(
+            f"{checkpoint}: cannot load it as a PyTorch checkpoint ({err}).\n{download_advice()}"
+        ) from err
     if not isinstance(state_dict, dict):
         raise ProcessDataError(f"{checkpoint}: expected a SAM state dict, found {type(state_dict).__name__}.")
     architecture = sam_architecture(state_dict)
@@ -194,7 +196,9 @@ def _load_prompt_json(text: str) -> dict:
     except json.JSONDecodeError as err:
         raise ProcessDataError(f"{source}: not valid JSON ({err}).") from err
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list) or not data["objects"]:
-        raise ProcessDataError(f'{source}: expected {{"objects": [{{"name": ..., "frames": {{"0": {{"box": [...]}}}}}}, ...]}}.')
+        raise ProcessDataError(
+            f'{source}: expected {{"objects": [{{"name": ..., "frames": {{"0": {{"box": [...]}}}}}}, ...]}}.'
+        )
     return data
 
 

@@ -118,7 +118,9 @@ def _matched_pairs(frame_tracks: Dict[int, np.ndarray], config: SfMConfig) -> Li
     return pairs
 
 
-def write_database(path: Path, camera: PinholeCamera, tracks: Tracks, frames: List[int], config: SfMConfig) -> Dict[int, int]:
+def write_database(
+    path: Path, camera: PinholeCamera, tracks: Tracks, frames: List[int], config: SfMConfig
+) -> Dict[int, int]:
     """A COLMAP database with one image per frame, its tracks as keypoints and shared tracks as matches.
 
     Returns the image id of each frame.
@@ -228,12 +230,18 @@ def reconstruct_object(
     counts = np.bincount(tracks.frame, minlength=num_frames)
     frames = [v for v in range(num_frames) if counts[v] >= config.min_frame_points]
     failures = {
-        v: ("no tracked points" if counts[v] == 0 else f"only {counts[v]} tracked points (at least {config.min_frame_points} needed)")
+        v: (
+            "no tracked points"
+            if counts[v] == 0
+            else f"only {counts[v]} tracked points (at least {config.min_frame_points} needed)"
+        )
         for v in range(num_frames)
         if counts[v] < config.min_frame_points
     }
     if len(frames) < 2:
-        raise SfMFailure(f"only {len(frames)} frame(s) have at least {config.min_frame_points} tracked points; SfM needs 2")
+        raise SfMFailure(
+            f"only {len(frames)} frame(s) have at least {config.min_frame_points} tracked points; SfM needs 2"
+        )
     pycolmap.logging.minloglevel = 2  # COLMAP's progress log is not for the command's user
     with tempfile.TemporaryDirectory(prefix="osn-sfm-") as work:
         work_dir = Path(work)
@@ -244,7 +252,10 @@ def reconstruct_object(
         (work_dir / "images").mkdir()
         (work_dir / "sparse").mkdir()
         models = pycolmap.incremental_mapping(
-            str(database), str(work_dir / "images"), str(work_dir / "sparse"), _pipeline_options(config, refine_intrinsics)
+            str(database),
+            str(work_dir / "images"),
+            str(work_dir / "sparse"),
+            _pipeline_options(config, refine_intrinsics),
         )
     if not models:
         raise SfMFailure(

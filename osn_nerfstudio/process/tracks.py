@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, List
+
 import cv2
 import numpy as np
 
@@ -121,7 +122,12 @@ def _seeds(interior: np.ndarray, live_uv: np.ndarray, live_object: np.ndarray, s
 
 
 def build_tracks(
-    images: np.ndarray, flow: VideoFlow, labels: np.ndarray, ignore_label: int, flow_config: FlowConfig, config: TrackConfig
+    images: np.ndarray,
+    flow: VideoFlow,
+    labels: np.ndarray,
+    ignore_label: int,
+    flow_config: FlowConfig,
+    config: TrackConfig,
 ) -> Tracks:
     """Chain ``flow`` into tracks through the [F, H, W, 3] frames and their [F, H, W] object label maps."""
     num_frames = labels.shape[0]

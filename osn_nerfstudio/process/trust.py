@@ -60,8 +60,8 @@ def untrusted_reason(signals: TrustSignals, config: TrustConfig) -> Optional[str
     reasons: List[str] = []
     if signals.coverage < config.min_coverage:
         reasons.append(
-            f"registered in only {signals.registered_frames} of the {signals.visible_frames} frames where it is visible "
-            f"({100 * signals.coverage:.0f} %, at least {100 * config.min_coverage:.0f} % needed)"
+            f"registered in only {signals.registered_frames} of the {signals.visible_frames} frames "
+            f"where it is visible ({100 * signals.coverage:.0f} %, at least {100 * config.min_coverage:.0f} % needed)"
         )
     if signals.median_frame_observations < config.min_frame_observations:
         reasons.append(
