@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 import torchvision.utils as vutils
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.amp import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.base_model import Model
