@@ -46,18 +46,16 @@ class ObjectFieldsConfig:
     """Architecture of the per-object radiance fields (one field per object, all alike)."""
 
     backbone: Literal["grid", "hash", "kplanes"] = "grid"
-    """Spatial feature encoding. "grid": multi-resolution dense grids read with grid_sample, all objects in
-    one call per level (fastest on CPU, benchmarks/field_backbones.py); "hash": Instant-NGP hash grids
-    (fast with tcnn on CUDA, slow in pure torch); "kplanes": multi-resolution factorised planes (K-Planes)."""
+    """Spatial encoding: "grid" (dense grids, fastest on CPU), "hash" (Instant-NGP hash grids, fast with tcnn on
+    CUDA) or "kplanes" (factorised planes); docs/method.md compares them."""
     implementation: Literal["auto", "tcnn", "torch"] = "auto"
     """tinycudann kernels or pure torch; "auto" takes tcnn when it is importable and CUDA is available."""
     grid_resolutions: Tuple[int, ...] = (16, 32, 64)
     """Cells per side of each dense grid level ("grid" backbone, ``grid_sizing`` "fixed"; memory grows with the
     cube). With "footprint" sizing its length is the number of levels."""
     grid_sizing: Literal["fixed", "footprint"] = "fixed"
-    """"fixed": every object gets ``grid_resolutions`` cubed. "footprint": each object's finest level has, along
-    each axis, about one cell per ``grid_pixels_per_cell`` pixels its box spans at its typical distance from the
-    camera, coarser levels half as many each (docs/method.md)."""
+    """"fixed": every object gets ``grid_resolutions`` cubed; "footprint": each object's finest level has about one
+    cell per ``grid_pixels_per_cell`` pixels its box spans on screen (docs/method.md)."""
     grid_pixels_per_cell: float = 2.0
     """Pixels of an object's box per cell of its finest grid level ("footprint" sizing)."""
     grid_max_cells: int = 1 << 22
