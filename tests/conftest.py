@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -79,5 +79,19 @@ def tiny_run(tiny_scene: Path, tmp_path_factory) -> Path:
     result = subprocess.run(
         tiny_train_args(tiny_scene, output_dir), capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"}
     )
+    keep_output(output_dir, result)
     assert result.returncode == 0, result.stderr[-4000:]
     return latest_run(output_dir)
+
+
+def keep_output(output_dir: Path, result: subprocess.CompletedProcess) -> None:
+    """Keep a training command's captured stdout and stderr next to its runs (``tiny_run_output`` reads them)."""
+    (output_dir / "osn-train.stdout").write_text(result.stdout)
+    (output_dir / "osn-train.stderr").write_text(result.stderr)
+
+
+def tiny_run_output(run: Path) -> Tuple[str, str]:
+    """stdout and stderr of the osn-train command that made ``run`` (the ``tiny_run`` fixture's), as captured: not a
+    terminal."""
+    output_dir = run.parents[2]  # output_dir/tiny/osn/<timestamp>
+    return (output_dir / "osn-train.stdout").read_text(), (output_dir / "osn-train.stderr").read_text()

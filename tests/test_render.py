@@ -150,3 +150,24 @@ def test_grid_layout():
     assert canvas.shape == (5, 7, 3)
     assert (canvas[:2, :3] == 0).all() and (canvas[:2, 4:] == 1).all() and (canvas[3:, :3] == 2).all()
     assert (canvas[2] == 255).all() and (canvas[3:, 4:] == 255).all()
+
+
+def test_configurations_grid_tiles_carry_captions(pipeline, tiny_run: Path, tmp_path: Path):
+    from osn_nerfstudio.scripts.render import Shown, with_caption
+
+    names = pipeline.model.object_names
+    scales = torch.tensor([1.0, *pipeline.model.true_scales[1:].tolist()])
+    file = tmp_path / "configurations.json"
+    file.write_text(json.dumps({"configurations": [
+        {"index": 7, "scales": dict(zip(names, scales.tolist())), "osn_score": 0.25, "exact_validity": 0.75}]}))
+    out = tmp_path / "one.png"
+    run(command("osn-render"), "configurations", "--load-config", str(tiny_run / "config.yml"),
+        "--output-path", str(out), "--configurations-file", str(file), "--num", "1", "--frame", "5")
+    tile = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    bare = render_frames(pipeline, pipeline.datamanager.train_dataset.cameras[5:6], scales, "rgb")[0]
+    assert tile.shape == bare.shape  # captions are drawn on the tile: the grid keeps its size
+    caption = Shown("#7", scales, 0.25, 0.75).caption(names)
+    scales_line = "  ".join(f"{n}={s:.3g}" for n, s in zip(names[1:], scales.tolist()[1:]))
+    assert caption == ["#7  score 0.25  exact 0.75", scales_line]
+    assert np.abs(tile - with_caption(bare, caption)).max() <= 2, "the tile is the render with its caption"
+    assert np.abs(tile - bare).max() > 100, "and differs from the bare render where the caption is"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up osn-nerfstudio on this machine (idempotent) and run one task.
 #
-#   bash tools/dev.sh demo     set up, then train OSN on the embedded demo scene and report how it did
+#   bash tools/dev.sh demo     set up, train OSN on the embedded demo scene, report how it did, draw a contact sheet
 #   bash tools/dev.sh test     set up, then run the test suite (extra arguments go to pytest)
 #   bash tools/dev.sh setup    set up only
 #
@@ -93,7 +93,10 @@ case "$task" in
     log "trained: ${run}config.yml; evaluating on the demo's novel-view test cameras"
     ns-eval --load-config "${run}config.yml" --output-path "${run}eval.json" --render-output-path "${run}renders"
     osn-sample-configurations --load-config "${run}config.yml" --output "${run}configurations.json" --overwrite
-    python -m osn_nerfstudio.scripts.summarise_run "$run"
+    log "rendering the contact sheet: the test views at the truth and at sampled configurations"
+    osn-render contact-sheet --load-config "${run}config.yml" --configurations-file "${run}configurations.json" \
+      --output-path "${run}contact-sheet.png" --overwrite True
+    python -m osn_nerfstudio.scripts.summarise_run "$run"  # its last line names the contact sheet
     ;;
   *)
     sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'

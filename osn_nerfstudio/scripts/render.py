@@ -6,11 +6,14 @@
     osn-render spiral      --load-config RUN/config.yml --scales box=2.0 sphere=0.8
     osn-render dataset     --load-config RUN/config.yml --split test
     osn-render configurations --load-config RUN/config.yml --num 4 [--camera-path-filename path.json]
+    osn-render contact-sheet  --load-config RUN/config.yml --configurations-file RUN/configurations.json
 
 The first four are ns-render's own subcommands with every ns-render option; the configuration options pick
 the scales the run is rendered at (without any, the run's own render configuration is used, which is also
 what plain ``ns-render`` renders). ``configurations`` renders one view or one camera path under N sampled
-valid configurations side by side, so the whole family of scenes the video admits shows at a glance.
+valid configurations side by side, so the whole family of scenes the video admits shows at a glance; each tile
+carries a caption (its scales and scores). ``contact-sheet`` is one picture of a trained run: the test views as
+rows, the test image, the true configuration and N sampled ones as columns, each as RGB, depth and segmentation.
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import tyro
+from PIL import Image, ImageDraw, ImageFont
 from typing_extensions import Annotated
 
-from nerfstudio.scripts import render as ns_render
-from nerfstudio.utils import colormaps
-from nerfstudio.utils.rich_utils import CONSOLE
+from osn_nerfstudio.console import progress_bar, third_party_imports
+
+with third_party_imports():  # nerfstudio's import-time deprecation warnings, narrowly (osn_nerfstudio/console.py)
+    from nerfstudio.scripts import render as ns_render
+    from nerfstudio.utils import colormaps
+    from nerfstudio.utils.rich_utils import CONSOLE
 
 
 class ConfigurationError(ValueError):
@@ -69,7 +77,9 @@ def resolve_configuration(model, choice: ConfigurationChoice) -> torch.Tensor:
     scales = model.render_scales.detach().cpu().clone()
     if choice.ground_truth:
         if torch.isnan(model.true_scales).any():
-            raise ConfigurationError("This scene has no ground-truth scales (its scene.json has no evaluation.relative_scales).")
+            raise ConfigurationError(
+                "This scene has no ground-truth scales (its scene.json has no evaluation.relative_scales)."
+            )
         return model.true_scales.detach().cpu().clone()
     named = parse_scales(choice.scales)
     if choice.configurations_file is not None:
@@ -81,7 +91,9 @@ def resolve_configuration(model, choice: ConfigurationChoice) -> torch.Tensor:
             raise ConfigurationError(f"The scale of {name!r} must be a positive number, got {value}.")
         scales[names.index(name)] = float(value)
     if abs(float(scales[0]) - 1.0) > 1e-6:
-        raise ConfigurationError(f"The background {names[0]!r} anchors the units; its scale must be 1, got {float(scales[0])}.")
+        raise ConfigurationError(
+            f"The background {names[0]!r} anchors the units; its scale must be 1, got {float(scales[0])}."
+        )
     warn_outside_ranges(names, scales, model.scale_range.detach().cpu())
     return scales
 
@@ -100,15 +112,25 @@ def parse_scales(entries: Sequence[str]) -> Dict[str, float]:
     return named
 
 
-def configuration_from_file(path: Path, index: int) -> Dict[str, float]:
-    """Scales by object name of configuration ``index`` in an osn-sample-configurations JSON file."""
+def read_configurations_file(path: Path) -> dict:
+    """An osn-sample-configurations JSON file (``configurations``: a list with ``scales`` by object name each)."""
     try:
         report = json.loads(Path(path).read_text())
-        configurations = report["configurations"]
+        if not all(isinstance(c["scales"], dict) for c in report["configurations"]):
+            raise TypeError("a configuration without scales")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigurationError(f"{path}: not a configurations file written by osn-sample-configurations ({error}).") from None
+        message = f"{path}: not a configurations file written by osn-sample-configurations ({error})."
+        raise ConfigurationError(message) from None
+    return report
+
+
+def configuration_from_file(path: Path, index: int) -> Dict[str, float]:
+    """Scales by object name of configuration ``index`` in an osn-sample-configurations JSON file."""
+    configurations = read_configurations_file(path)["configurations"]
     if not 0 <= index < len(configurations):
-        raise ConfigurationError(f"{path} holds configurations 0..{len(configurations) - 1}; --index {index} is not one of them.")
+        raise ConfigurationError(
+            f"{path} holds configurations 0..{len(configurations) - 1}; --index {index} is not one of them."
+        )
     return {name: float(value) for name, value in configurations[index]["scales"].items()}
 
 
@@ -116,7 +138,10 @@ def warn_outside_ranges(names: List[str], scales: torch.Tensor, ranges: torch.Te
     for k, name in enumerate(names[1:], start=1):
         lo, hi = ranges[k].tolist()
         if not lo <= float(scales[k]) <= hi:
-            CONSOLE.print(f"[yellow]{name}: scale {float(scales[k]):.4g} lies outside its range [{lo:.4g}, {hi:.4g}]; rendering anyway.")
+            CONSOLE.print(
+                f"[yellow]{name}: scale {float(scales[k]):.4g} lies outside its range [{lo:.4g}, {hi:.4g}]; "
+                "rendering anyway."
+            )
 
 
 def apply_configuration(pipeline, choice: ConfigurationChoice) -> torch.Tensor:
@@ -124,7 +149,8 @@ def apply_configuration(pipeline, choice: ConfigurationChoice) -> torch.Tensor:
     model = pipeline.model
     scales = resolve_configuration(model, choice)
     model.render_scales.copy_(scales.to(model.render_scales.device))
-    CONSOLE.print(f"Rendering at {choice.describe()}: " + ", ".join(f"{n}={float(s):.4g}" for n, s in zip(model.object_names, scales)))
+    chosen = ", ".join(f"{n}={float(s):.4g}" for n, s in zip(model.object_names, scales))
+    CONSOLE.print(f"Rendering at {choice.describe()}: {chosen}")
     return scales
 
 
@@ -171,8 +197,39 @@ DatasetRender = _configured(ns_render.DatasetRender)
 
 
 @dataclass
+class Shown:
+    """A configuration shown in a picture, and what its caption says about it."""
+
+    label: str
+    """``#3`` (its index), ``truth``, ..."""
+    scales: torch.Tensor
+    """[K] scales, background first."""
+    score: Optional[float] = None
+    """The scale network's probability that it is valid."""
+    exact: Optional[float] = None
+    """Its exact validity (osn-sample-configurations: the fraction of supervision rays it explains)."""
+
+    def caption(self, names: Sequence[str]) -> List[str]:
+        """Two lines: label and scores; the objects' scales (the background's is always 1)."""
+        head = [self.label]
+        if self.score is not None:
+            head.append(f"score {self.score:.2f}")
+        if self.exact is not None:
+            head.append(f"exact {self.exact:.2f}")
+        scales = [f"{name}={value:.3g}" for name, value in zip(names[1:], self.scales.tolist()[1:])]
+        return [CAPTION_SEPARATOR.join(head), CAPTION_SEPARATOR.join(scales)]
+
+
+def shown_from_report(report: dict, index: int, scales: torch.Tensor) -> Shown:
+    """Configuration ``index`` of an osn-sample-configurations report, with its scores where the file has them."""
+    entry = report["configurations"][index]
+    return Shown(f"#{entry.get('index', index)}", scales, entry.get("osn_score"), entry.get("exact_validity"))
+
+
+@dataclass
 class RenderConfigurations:
-    """One view or one camera path rendered under N configurations side by side (an image or video grid)."""
+    """One view or one camera path rendered under N configurations side by side (an image or video grid), each tile
+    captioned with its configuration's scales and scores."""
 
     load_config: Path
     """Path to the run's config.yml."""
@@ -203,30 +260,38 @@ class RenderConfigurations:
             if path.exists() and not self.overwrite:
                 raise SystemExit(f"{path} exists; choose another --output-path or pass --overwrite.")
         _, pipeline, _, _ = eval_setup(self.load_config, test_mode="inference")
-        scales = self.configurations(pipeline)
-        camera_path = json.loads(self.camera_path_filename.read_text()) if self.camera_path_filename is not None else None
+        shown = self.configurations(pipeline)
+        camera_path = None
+        if self.camera_path_filename is not None:
+            camera_path = json.loads(self.camera_path_filename.read_text())
         cameras = self.cameras(pipeline, camera_path)
-        tiles = [render_frames(pipeline, cameras, configuration, self.rendered_output_name) for configuration in scales]
-        frames = [grid([tile[i] for tile in tiles], self.columns) for i in range(len(cameras))]
+        names = pipeline.model.object_names
+        with progress_bar(CONSOLE) as progress:
+            task = progress.add_task("Rendering configurations", total=len(shown) * len(cameras))
+            advance = partial(progress.advance, task)
+            tiles = [render_frames(pipeline, cameras, c.scales, self.rendered_output_name, advance) for c in shown]
+        captions = [configuration.caption(names) for configuration in shown]
+        frames = [grid([with_caption(tile[i], caption) for tile, caption in zip(tiles, captions)], self.columns)
+                  for i in range(len(cameras))]
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
         seconds = 1.0 if camera_path is None else float(camera_path.get("seconds", 5.0))
         write_frames(self.output_path, frames, seconds=seconds)
-        names = pipeline.model.object_names
-        record = {"configurations": [{name: float(s) for name, s in zip(names, row)} for row in scales.tolist()]}
+        rows = [configuration.scales.tolist() for configuration in shown]
+        record = {"configurations": [{name: float(s) for name, s in zip(names, row)} for row in rows]}
         self.output_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        CONSOLE.print(f"Wrote {self.output_path} ({len(scales)} configurations, {len(frames)} frame(s))")
+        CONSOLE.print(f"Wrote {self.output_path} ({len(shown)} configurations, {len(frames)} frame(s))")
 
-    def configurations(self, pipeline) -> torch.Tensor:
+    def configurations(self, pipeline) -> List[Shown]:
+        """The first ``num`` configurations of ``--configurations-file``, else ``num`` sampled by the scale network."""
         model = pipeline.model
         if self.configurations_file is not None:
-            rows = [resolve_configuration(model, ConfigurationChoice(configurations_file=self.configurations_file, index=i))
-                    for i in range(self.num)]
-            return torch.stack(rows)
-        torch.manual_seed(self.seed)
-        sampled = model.scale_network.sample(self.num)
-        if sampled.fell_back:
-            CONSOLE.print(f"[yellow]{sampled.message}")
-        return sampled.scales.detach().cpu()
+            report = read_configurations_file(self.configurations_file)
+            return [
+                shown_from_report(report, i, resolve_configuration(
+                    model, ConfigurationChoice(configurations_file=self.configurations_file, index=i)))
+                for i in range(self.num)
+            ]
+        return sampled_configurations(model, self.num, self.seed)
 
     def cameras(self, pipeline, camera_path: Optional[dict]):
         """The cameras of ``camera_path`` (a nerfstudio camera path), else the training camera at ``frame``."""
@@ -241,8 +306,163 @@ class RenderConfigurations:
         return cameras[frame : frame + 1]
 
 
-def render_frames(pipeline, cameras, scales: torch.Tensor, output_name: str) -> List[np.ndarray]:
-    """[H, W, 3] uint8 images of ``output_name`` for every camera at configuration ``scales``."""
+def sampled_configurations(model, num: int, seed: int) -> List[Shown]:
+    """``num`` configurations sampled from the scale network (seeded), with its scores."""
+    torch.manual_seed(seed)
+    sampled = model.scale_network.sample(num)
+    if sampled.fell_back:
+        CONSOLE.print(f"[yellow]{sampled.message}")
+    scales, scores = sampled.scales.detach().cpu(), sampled.probability.detach().cpu().tolist()
+    return [Shown(f"#{i}", scales[i], scores[i]) for i in range(len(scales))]
+
+
+SHEET_OUTPUTS = ("rgb", "z_depth", "segmentation")
+"""The outputs a contact sheet shows per configuration (depth along the camera axis, as the scene's depth maps)."""
+SHEET_PANEL_NAMES = ("rgb", "depth", "segm.")
+
+
+@dataclass
+class RenderContactSheet:
+    """One picture of a trained run: test views as rows; the test image, the true configuration and N sampled ones
+    as columns; each as RGB, depth and segmentation, with a caption per column (scales and scores)."""
+
+    load_config: Path
+    """Path to the run's config.yml."""
+    output_path: Path = Path("renders/contact-sheet.png")
+    """The picture (.png or .jpg). A JSON file with the same stem records its views and configurations."""
+    configurations_file: Optional[Path] = None
+    """Pick the sampled configurations from this osn-sample-configurations file: N that span its family (those the
+    validity rule labels valid first). Without it, N are sampled from the scale network."""
+    num: int = 4
+    """Sampled configurations shown."""
+    views: int = 4
+    """Test views shown (spread evenly over the run's evaluation split)."""
+    seed: int = 0
+    """Seed of the sampling (without ``--configurations-file``)."""
+    overwrite: bool = False
+    """Replace an existing output file."""
+
+    def main(self) -> None:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        if self.output_path.exists() and not self.overwrite:
+            raise SystemExit(f"{self.output_path} exists; choose another --output-path or pass --overwrite.")
+        _, pipeline, _, _ = eval_setup(self.load_config, test_mode="inference")
+        model = pipeline.model
+        shown = self.configurations(model)
+        dataset = pipeline.datamanager.eval_dataset
+        views = spread_indices(len(dataset), self.views)
+        rows = []
+        with progress_bar(CONSOLE) as progress:
+            task = progress.add_task("Rendering the contact sheet", total=len(views) * len(shown))
+            for view in views:
+                data, camera = dataset[view], dataset.cameras[view : view + 1]
+                near_far = depth_range(data.get("gt_depth"))
+                cells = [captured_panels(model, data, near_far)]
+                for configuration in shown:
+                    images = render_images(pipeline, camera, configuration.scales, SHEET_OUTPUTS, near_far,
+                                           partial(progress.advance, task))[0]
+                    cells.append([images[name] for name in SHEET_OUTPUTS])
+                rows.append(cells)
+        names = model.object_names
+        captions = [["test image", "(the data)"], *(configuration.caption(names) for configuration in shown)]
+        sheet = contact_sheet(rows, captions, [f"view {view}" for view in views])
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).save(self.output_path)
+        record = {
+            "views": [str(dataset.image_filenames[view]) for view in views],
+            "columns": [{"label": c.label, "scales": dict(zip(names, c.scales.tolist())), "osn_score": c.score,
+                         "exact_validity": c.exact} for c in shown],
+        }
+        self.output_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        CONSOLE.print(f"Contact sheet ({len(views)} test views, {len(shown)} configurations): {self.output_path}",
+                      soft_wrap=True)
+
+    def configurations(self, model) -> List[Shown]:
+        """The true configuration (when the scene has one), then ``num`` sampled ones."""
+        truth = []
+        if not torch.isnan(model.true_scales).any():
+            scales = model.true_scales.detach()
+            with torch.no_grad():
+                score = float(model.scale_network.probability(scales[None])[0])
+            truth = [Shown("truth", scales.cpu(), score)]
+        if self.configurations_file is None:
+            return truth + sampled_configurations(model, self.num, self.seed)
+        report = read_configurations_file(self.configurations_file)
+        if truth and "ground_truth" in report:
+            truth[0].exact = report["ground_truth"].get("exact_validity")
+        picked = spread_configurations(report, self.num)
+        choices = [ConfigurationChoice(configurations_file=self.configurations_file, index=i) for i in picked]
+        return truth + [shown_from_report(report, i, resolve_configuration(model, c)) for i, c in zip(picked, choices)]
+
+
+def spread_indices(count: int, num: int) -> List[int]:
+    """Up to ``num`` of ``range(count)``, evenly spread, first and last included."""
+    return sorted(set(np.linspace(0, count - 1, min(num, count)).round().astype(int).tolist())) if count else []
+
+
+def spread_configurations(report: dict, num: int) -> List[int]:
+    """Indices of ``num`` configurations of an osn-sample-configurations report that span the family it samples.
+
+    The one the scale network scores highest comes first; then, each time, the one farthest (largest log-scale
+    gap to the nearest already picked) from those picked. Those the validity rule labels valid are picked before
+    the others."""
+    configurations = report["configurations"]
+    names = list(configurations[0]["scales"]) if configurations else []
+    log_scales = np.log([[c["scales"][name] for name in names] for c in configurations])
+    valid = [i for i, c in enumerate(configurations) if c.get("valid", True)]
+    picked: List[int] = []
+    for pool in (valid, [i for i in range(len(configurations)) if i not in valid]):
+        pool = list(pool)
+        while pool and len(picked) < num:
+            if picked:
+                gap = [np.abs(log_scales[i] - log_scales[picked]).max(-1).min() for i in pool]
+            else:
+                gap = [configurations[i].get("osn_score", 0.0) for i in pool]
+            picked.append(pool.pop(int(np.argmax(gap))))
+    return picked
+
+
+def depth_range(depth: Optional[torch.Tensor]) -> Optional[Tuple[float, float]]:
+    """(near, far) of a depth map's valid (finite, positive) pixels, else None (each image then uses its own)."""
+    if depth is None:
+        return None
+    values = depth[torch.isfinite(depth) & (depth > 0)]
+    if values.numel() == 0:
+        return None
+    return float(values.min()), float(values.max())
+
+
+def captured_panels(model, data: Dict[str, torch.Tensor], near_far: Optional[Tuple[float, float]]) -> List[np.ndarray]:
+    """The test image, its depth map and its segmentation (model colours) as panels; grey where the data has none."""
+    image = data["image"][..., :3]
+    panels = [(image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)]
+    missing = np.full_like(panels[0], 200)
+    if "gt_depth" in data:
+        depth = data["gt_depth"].float()
+        panels.append(to_image({"z_depth": depth, "accumulation": (depth > 0).float()}, "z_depth", near_far))
+    else:
+        panels.append(with_caption(missing, ["no depth"]))
+    if "object_id" in data:
+        ids = data["object_id"][..., 0].long()
+        colours = torch.cat([model.segmentation_colors().detach().cpu(), torch.full((1, 3), 0.5)])
+        unknown = (ids < 0) | (ids >= len(colours) - 1)
+        panels.append(to_image({"segmentation": colours[ids.masked_fill(unknown, len(colours) - 1)]}, "segmentation"))
+    else:
+        panels.append(with_caption(missing, ["no segmentation"]))
+    return panels
+
+
+def render_images(
+    pipeline,
+    cameras,
+    scales: torch.Tensor,
+    output_names: Sequence[str],
+    depth_range: Optional[Tuple[float, float]] = None,
+    advance: Callable[[], None] = lambda: None,
+) -> List[Dict[str, np.ndarray]]:
+    """Per camera, [H, W, 3] uint8 images of ``output_names`` at configuration ``scales`` (``to_image``);
+    ``advance`` is called after each camera. The model's render configuration is restored afterwards."""
     model = pipeline.model
     saved = model.render_scales.clone()
     model.render_scales.copy_(scales.to(saved.device))
@@ -251,19 +471,33 @@ def render_frames(pipeline, cameras, scales: torch.Tensor, output_name: str) -> 
         for i in range(len(cameras)):
             with torch.no_grad():
                 outputs = model.get_outputs_for_camera(cameras[i : i + 1].to(pipeline.device))
-            if output_name not in outputs:
-                raise SystemExit(f"No output {output_name!r}; this model renders {sorted(outputs)}.")
-            images.append(to_image(outputs, output_name))
+            for name in output_names:
+                if name not in outputs:
+                    raise SystemExit(f"No output {name!r}; this model renders {sorted(outputs)}.")
+            images.append({name: to_image(outputs, name, depth_range) for name in output_names})
+            advance()
         return images
     finally:
         model.render_scales.copy_(saved)
 
 
-def to_image(outputs: Dict[str, torch.Tensor], name: str) -> np.ndarray:
-    """An output as an 8-bit RGB image: depth-like outputs through the depth colormap, others as colours."""
+def render_frames(
+    pipeline, cameras, scales: torch.Tensor, output_name: str, advance: Callable[[], None] = lambda: None
+) -> List[np.ndarray]:
+    """[H, W, 3] uint8 images of ``output_name`` for every camera at configuration ``scales``."""
+    return [images[output_name] for images in render_images(pipeline, cameras, scales, [output_name], advance=advance)]
+
+
+def to_image(
+    outputs: Dict[str, torch.Tensor], name: str, depth_range: Optional[Tuple[float, float]] = None
+) -> np.ndarray:
+    """An output as an 8-bit RGB image: depth-like outputs through the depth colormap (over ``depth_range`` when
+    given, else each image's own), others as colours."""
     value = outputs[name]
     if "depth" in name:
-        value = colormaps.apply_depth_colormap(value, accumulation=outputs.get("accumulation"))
+        near, far = depth_range if depth_range is not None else (None, None)
+        value = colormaps.apply_depth_colormap(value, accumulation=outputs.get("accumulation"), near_plane=near,
+                                               far_plane=far)
     else:
         value = colormaps.apply_colormap(value, colormaps.ColormapOptions())
     return (value.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -280,6 +514,120 @@ def grid(images: List[np.ndarray], columns: Optional[int] = None, gap: int = 2) 
         top, left = row * (height + gap), column * (width + gap)
         canvas[top : top + height, left : left + width] = image
     return canvas
+
+
+def stack(images: List[np.ndarray], axis: int, gap: int) -> np.ndarray:
+    """Images side by side (``axis`` 1) or one above the other (``axis`` 0) with a white ``gap``; smaller ones are
+    padded with white at their right or bottom."""
+    across = 1 - axis
+    size = max(image.shape[across] for image in images)
+    padded = []
+    for i, image in enumerate(images):
+        pad = [(0, 0), (0, 0), (0, 0)]
+        pad[across] = (0, size - image.shape[across])
+        padded.append(np.pad(image, pad, constant_values=255))
+        if gap and i < len(images) - 1:
+            shape = [0, 0, 3]
+            shape[axis], shape[across] = gap, size
+            padded.append(np.full(shape, 255, np.uint8))
+    return np.concatenate(padded, axis=axis)
+
+
+CAPTION_SEPARATOR = "  "
+"""Between the parts of a caption line; a line too wide for its tile wraps there."""
+CAPTION_PADDING = 2
+
+
+@lru_cache(maxsize=1)
+def caption_font() -> ImageFont.ImageFont:
+    """PIL's default font (a small sans-serif where Pillow has FreeType, else its bitmap font)."""
+    try:
+        return ImageFont.load_default(size=10)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def text_width(text: str) -> int:
+    left, _, right, _ = caption_font().getbbox(text)
+    return right - left
+
+
+def line_height() -> int:
+    return caption_font().getbbox("Ag|")[3] + 2
+
+
+def wrap_caption(lines: Sequence[str], width: int) -> List[str]:
+    """``lines`` broken at the separator wherever one would be wider than ``width`` pixels (a part that alone is
+    wider stays whole, and is cut off where drawn)."""
+    wrapped = []
+    for line in lines:
+        current = ""
+        for part in line.split(CAPTION_SEPARATOR):
+            joined = f"{current}{CAPTION_SEPARATOR}{part}" if current else part
+            if current and text_width(joined) > width - 2 * CAPTION_PADDING:
+                wrapped.append(current)
+                current = part
+            else:
+                current = joined
+        wrapped.append(current)
+    return wrapped
+
+
+def caption_strip(lines: Sequence[str], width: int, height: Optional[int] = None) -> np.ndarray:
+    """A white strip ``width`` wide with ``lines`` in black, wrapped to fit; as tall as they need unless
+    ``height`` is given."""
+    wrapped = wrap_caption(lines, width)
+    height = height if height is not None else len(wrapped) * line_height() + 2 * CAPTION_PADDING
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(wrapped):
+        draw.text((CAPTION_PADDING, CAPTION_PADDING + i * line_height()), line, fill=(0, 0, 0), font=caption_font())
+    return np.asarray(strip)
+
+
+def with_caption(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """``image`` (same size) with ``lines`` in white on a darkened band along its bottom, wrapped to its width."""
+    height, width = image.shape[:2]
+    wrapped = wrap_caption(lines, width)
+    band = min(height, len(wrapped) * line_height() + 2 * CAPTION_PADDING)
+    captioned = image.copy()
+    captioned[height - band :] = (captioned[height - band :].astype(np.float32) * 0.35).astype(np.uint8)
+    picture = Image.fromarray(captioned)
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(wrapped):
+        draw.text((CAPTION_PADDING, height - band + CAPTION_PADDING + i * line_height()), line, fill=(255, 255, 255),
+                  font=caption_font())
+    return np.asarray(picture)
+
+
+SHEET_GAP = 4
+"""White pixels between the columns of a contact sheet, and between its label column and the first one."""
+SHEET_ROW_GAP = 10
+"""White pixels between the test views (rows) of a contact sheet."""
+SHEET_PANEL_GAP = 1
+"""White pixels between the panels (RGB, depth, segmentation) of one cell."""
+
+
+def contact_sheet(rows: List[List[List[np.ndarray]]], captions: List[List[str]], row_labels: List[str],
+                  panel_names: Sequence[str] = SHEET_PANEL_NAMES) -> np.ndarray:
+    """A picture of ``rows[view][column]`` = [panel, ...] (all panels of one size): a cell stacks its panels
+    vertically; one column per configuration under its caption; one row per view, labelled at its left with
+    ``row_labels[view]`` and the panel names."""
+    height, width = rows[0][0][0].shape[:2]
+    labels = [["", panel_names[0]], *([name] for name in panel_names[1:])]
+    label_width = max(text_width(text) for text in [*row_labels, *panel_names]) + 2 * CAPTION_PADDING
+    header_lines = max(len(wrap_caption(caption, width)) for caption in captions)
+    header_height = header_lines * line_height() + 2 * CAPTION_PADDING
+    header = stack([np.full((header_height, label_width, 3), 255, np.uint8),
+                    *(caption_strip(caption, width, header_height) for caption in captions)], axis=1, gap=SHEET_GAP)
+    blocks = [header]
+    for label, cells in zip(row_labels, rows):
+        labels[0][0] = label
+        label_column = stack([caption_strip(lines, label_width, height) for lines in labels], 0, SHEET_PANEL_GAP)
+        columns = [stack(panels, axis=0, gap=SHEET_PANEL_GAP) for panels in cells]
+        blocks.append(stack([label_column, *columns], axis=1, gap=SHEET_GAP))
+    return np.concatenate([blocks[0], np.full((SHEET_GAP, blocks[0].shape[1], 3), 255, np.uint8),
+                           stack(blocks[1:], axis=0, gap=SHEET_ROW_GAP)], axis=0)
 
 
 def write_frames(path: Path, frames: List[np.ndarray], seconds: float) -> None:
@@ -303,6 +651,7 @@ Commands = tyro.conf.FlagConversionOff[
         Annotated[SpiralRender, tyro.conf.subcommand(name="spiral")],
         Annotated[DatasetRender, tyro.conf.subcommand(name="dataset")],
         Annotated[RenderConfigurations, tyro.conf.subcommand(name="configurations")],
+        Annotated[RenderContactSheet, tyro.conf.subcommand(name="contact-sheet")],
     ]
 ]
 

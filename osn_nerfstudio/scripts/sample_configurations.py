@@ -2,8 +2,9 @@
 
 Each configuration lists its scales per object, its normalised log-scales, the scale network's score, its exact
 validity (the fraction of freshly cached supervision rays it explains) and the verdict of the rule the training
-labels with on that cache (``valid``, with the log-scale ``margin`` to the nearest bound of the valid set). When the scene knows the true scales, the file also
-scores the ground-truth configuration and names the sampled configuration closest to it.
+labels with on that cache (``valid``, with the log-scale ``margin`` to the nearest bound of the valid set). When the
+scene knows the true scales, the file also scores the ground-truth configuration and names the sampled configuration
+closest to it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Dict
 import torch
 import tyro
 from rich.console import Console
+
+from osn_nerfstudio.console import third_party_imports
 
 CONSOLE = Console(stderr=True)
 
@@ -37,8 +40,11 @@ class SampleConfigurations:
 
     def main(self) -> None:
         if self.output.exists() and not self.overwrite:
-            raise SystemExit(f"{self.output}: already exists; pass --overwrite to replace it or choose another --output.")
-        from nerfstudio.utils.eval_utils import eval_setup
+            raise SystemExit(
+                f"{self.output}: already exists; pass --overwrite to replace it or choose another --output."
+            )
+        with third_party_imports():  # nerfstudio's import-time deprecation warnings, narrowly (console.py)
+            from nerfstudio.utils.eval_utils import eval_setup
 
         _, pipeline, checkpoint, step = eval_setup(self.load_config, test_mode="inference")
         report = sample_report(pipeline, self.num, self.seed)

@@ -1,7 +1,8 @@
 """Print how a trained OSN run did: ns-eval metrics and the sampled configurations against the truth.
 
 ``python -m osn_nerfstudio.scripts.summarise_run RUN_DIR`` reads RUN_DIR/eval.json (from ns-eval) and
-RUN_DIR/configurations.json (from osn-sample-configurations).
+RUN_DIR/configurations.json (from osn-sample-configurations), and names RUN_DIR/contact-sheet.png (from
+``osn-render contact-sheet``) last when it is there: the picture to look at.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ CONSOLE = Console()
 
 METRICS = ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_rmse", "miou", "pq")
 """ns-eval metrics shown, one row each (eval.json has every key, standard deviations and timings too)."""
+
+CONTACT_SHEET = "contact-sheet.png"
+"""The demo's ``osn-render contact-sheet`` picture, in the run directory."""
 
 CONFIGURATIONS = (("render", ""), ("truth", "gt/"), ("best of N", "best_of_n/"), ("mean of N", "mean_of_n/"))
 """Columns: the configurations ns-eval scores, with the prefix of their keys."""
@@ -66,6 +70,9 @@ def summarise(run: Path) -> None:
             f"(largest log-scale gap {truth['closest_max_log_ratio']:.3f})."
         )
     CONSOLE.print(f"Renders of the test cameras: {run / 'renders'}")
+    sheet = run / CONTACT_SHEET
+    if sheet.is_file():
+        CONSOLE.print(f"Contact sheet (test views at the truth and at sampled configurations): {sheet}", soft_wrap=True)
 
 
 if __name__ == "__main__":
