@@ -6,11 +6,12 @@ from nerfstudio.configs.base_config import LocalWriterConfig, LoggingConfig, Vie
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from osn_nerfstudio.console import TrainingProgressWriter, install_warning_filters
+from osn_nerfstudio.console import install_warning_filters
 from osn_nerfstudio.data.osn_datamanager import OSNDataManagerConfig
 from osn_nerfstudio.osn_model import OSNModelConfig
 from osn_nerfstudio.osn_pipeline import OSNPipelineConfig
 from osn_nerfstudio.osn_trainer import OSNTrainerConfig
+from osn_nerfstudio.progress_writer import TrainingProgressWriter
 
 # known nerfstudio deprecation warnings, by message and module (osn_nerfstudio/console.py); not with python -W
 install_warning_filters()
@@ -23,7 +24,7 @@ osn_method = MethodSpecification(
         steps_per_save=1000,
         max_num_iterations=4000,
         mixed_precision=False,
-        # nerfstudio's table on a terminal, a plain line now and then in a log file (osn_nerfstudio/console.py)
+        # nerfstudio's table on a terminal, a plain line now and then in a log file (osn_nerfstudio/progress_writer.py)
         logging=LoggingConfig(local_writer=LocalWriterConfig(_target=TrainingProgressWriter, enable=True)),
         pipeline=OSNPipelineConfig(
             datamanager=OSNDataManagerConfig(train_num_rays_per_batch=1024, eval_num_rays_per_batch=1024),

@@ -358,7 +358,7 @@ class OSNModel(Model):
         """The refit itself (:meth:`refit_scale_network`), seeded by the step so that it is reproducible."""
         generator = torch.Generator().manual_seed(step)
         with self.evaluating():
-            labels = label_validity(self, datamanager, generator)
+            labels = label_validity(self, datamanager, generator, progress=True)
         u, valid = labelled_candidates(labels.valid, self.scale_network.ranges, self.config.validity, generator)
         device = self.bbox_min.device
         self.scale_network.set_input_frame(u[valid].to(device))

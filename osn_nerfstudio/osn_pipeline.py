@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 import torchvision.utils as vutils
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.amp import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -25,6 +24,7 @@ from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from osn_nerfstudio.console import progress_bar
 from osn_nerfstudio.core import metrics as metrics_lib
 
 TIMING_KEYS = ("num_rays_per_sec", "fps")
@@ -99,7 +99,7 @@ class OSNPipeline(VanillaPipeline):
 
         image_prefixes = {"render": "eval", "gt": "gt_scales"}
         per_image = {}
-        with model.evaluating(), progress_bar() as progress:
+        with model.evaluating(), progress_bar(CONSOLE) as progress:
             for name, scales in configurations.items():
                 CONSOLE.print(f"Evaluating at configuration {name}: scales {[round(s, 4) for s in scales.tolist()]}")
                 prefix = image_prefixes.get(name) if output_path is not None else None
@@ -174,17 +174,6 @@ class OSNPipeline(VanillaPipeline):
                 f"{batch['image'].shape[1]}x{batch['image'].shape[0]}."
             )
         return {**batch, "covisibility_mask": torch.from_numpy(mask)[..., None]}
-
-
-def progress_bar() -> Progress:
-    """A rich progress display like nerfstudio's evaluation one (one line per task, the count and time taken)."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=CONSOLE,
-    )
 
 
 def average_over(rows: List[Dict[str, float]], get_std: bool) -> Dict[str, float]:

@@ -13,12 +13,12 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from rich.progress import track
 from torch import Tensor
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from osn_nerfstudio import console
 from osn_nerfstudio.core.compositing import render_alone
 from osn_nerfstudio.core.valid_set import ValidSet
 from osn_nerfstudio.core.validity import LabelledSet, SupervisionCache, valid_set
@@ -73,7 +73,8 @@ def supervision_cache(
     ones = torch.ones(1, model.num_objects, device=model.bbox_min.device)
     starts = range(0, len(ray_bundle), chunk)
     if progress:
-        starts = track(starts, description="Rendering every object alone on the supervision rays", console=CONSOLE)
+        description = "Rendering every object alone on the supervision rays"
+        starts = console.track(starts, description, console=CONSOLE, transient=True)
     for start in starts:
         rays = ray_bundle[start : start + chunk].to(model.bbox_min.device)
         alone = render_alone(model.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False)[0])

@@ -76,9 +76,9 @@ def tiny_scene(tmp_path_factory) -> Path:
 def tiny_run(tiny_scene: Path, tmp_path_factory) -> Path:
     """outputs/tiny/osn/<timestamp> of a finished tiny run (config.yml, nerfstudio_models/)."""
     output_dir = tmp_path_factory.mktemp("tiny-run")
-    result = subprocess.run(
-        tiny_train_args(tiny_scene, output_dir), capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    args = tiny_train_args(tiny_scene, output_dir)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     keep_output(output_dir, result)
     assert result.returncode == 0, result.stderr[-4000:]
     return latest_run(output_dir)
@@ -95,3 +95,13 @@ def tiny_run_output(run: Path) -> Tuple[str, str]:
     terminal."""
     output_dir = run.parents[2]  # output_dir/tiny/osn/<timestamp>
     return (output_dir / "osn-train.stdout").read_text(), (output_dir / "osn-train.stderr").read_text()
+
+
+TRAINING_FIXTURES = {"tiny_run", "trained_run"}
+"""Fixtures that train in a subprocess: the tests that use them are slow (``-m "not slow"`` leaves them out)."""
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -22,11 +22,11 @@ from osn_nerfstudio import console
 from osn_nerfstudio.console import (
     KNOWN_WARNINGS,
     LineProgress,
-    TrainingProgressWriter,
     install_warning_filters,
     progress_bar,
     third_party_imports,
 )
+from osn_nerfstudio.progress_writer import TrainingProgressWriter
 
 OBSERVED = [
     # (message, category, module) as nerfstudio 1.1.5 on this torch prints them (a short demo training and ns-eval)

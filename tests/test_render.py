@@ -85,8 +85,8 @@ def test_interpolate_and_dataset_render_expected_files(pipeline, tiny_run: Path,
 
 def test_configurations_grid_writes_one_tile_per_configuration(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "grid.png"
-    run(command("osn-render"), "configurations", "--load-config", str(tiny_run / "config.yml"), "--output-path", str(out),
-        "--num", "4", "--frame", "5")
+    run(command("osn-render"), "configurations", "--load-config", str(tiny_run / "config.yml"),
+        "--output-path", str(out), "--num", "4", "--frame", "5")
     assert Image.open(out).size == (2 * 48 + 2, 2 * 36 + 2)
     assert len(json.loads(out.with_suffix(".json").read_text())["configurations"]) == 4
     # nothing a user made is overwritten
@@ -101,8 +101,8 @@ def test_configurations_video_of_a_camera_path(pipeline, tiny_run: Path, tmp_pat
     path = tmp_path / "path.json"
     path.write_text(json.dumps(camera_path_json(pipeline, [0, 3, 6, 9])))
     out = tmp_path / "grid.mp4"
-    run(command("osn-render"), "configurations", "--load-config", str(tiny_run / "config.yml"), "--output-path", str(out),
-        "--num", "2", "--camera-path-filename", str(path))
+    run(command("osn-render"), "configurations", "--load-config", str(tiny_run / "config.yml"),
+        "--output-path", str(out), "--num", "2", "--camera-path-filename", str(path))
     video = mediapy.read_video(out)
     assert video.shape[0] == 4 and video.shape[1:3] == (36, 2 * 48 + 2)
 

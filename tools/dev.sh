@@ -2,7 +2,8 @@
 # Set up osn-nerfstudio on this machine (idempotent) and run one task.
 #
 #   bash tools/dev.sh demo     set up, train OSN on the embedded demo scene, report how it did, draw a contact sheet
-#   bash tools/dev.sh test     set up, then run the test suite (extra arguments go to pytest)
+#   bash tools/dev.sh test     set up, lint (ruff), then run the test suite (extra arguments go to pytest;
+#                              -m "not slow" leaves out the tests that train in a subprocess)
 #   bash tools/dev.sh setup    set up only
 #
 # The virtual environment lives in $OSN_VENV (default ~/.cache/osn-nerfstudio/venv) so that every
@@ -83,6 +84,8 @@ case "$task" in
     setup
     ensure_system_tools $TEST_TOOLS
     cd "$ROOT"
+    log "ruff check"
+    python -m ruff check .
     exec python -m pytest "$@"
     ;;
   demo)
@@ -99,7 +102,7 @@ case "$task" in
     python -m osn_nerfstudio.scripts.summarise_run "$run"  # its last line names the contact sheet
     ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -15,9 +15,11 @@ rays alone.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -43,6 +45,14 @@ class OSNDataManagerConfig(VanillaDataManagerConfig):
 
 class OSNDataManager(VanillaDataManager[OSNDataset]):
     config: OSNDataManagerConfig
+
+    def setup_train(self) -> None:
+        with unstarted_workers_unchecked():
+            super().setup_train()
+
+    def setup_eval(self) -> None:
+        with unstarted_workers_unchecked():
+            super().setup_eval()
 
     @property
     def scene_metadata(self) -> OSNSceneMetadata:
@@ -135,6 +145,16 @@ class OSNDataManager(VanillaDataManager[OSNDataset]):
         ids = self.train_frames[1]
         inside, _ = supervision_masks(ids, meta.registered, meta.num_objects, gap, 0)
         return torch.where(torch.stack(inside).any(0), ids, torch.full_like(ids, UNKNOWN_OBJECT))
+
+
+@contextlib.contextmanager
+def unstarted_workers_unchecked() -> Iterator[None]:
+    """nerfstudio builds its image loaders with 4 workers per process, which torch warns about on machines with fewer
+    CPUs; the images are all cached up front, so those workers never start. That one warning is silenced here."""
+    with warnings.catch_warnings():
+        message, module = r"This DataLoader will create \d+ worker processes", r"torch\.utils\.data\.dataloader"
+        warnings.filterwarnings("ignore", message, UserWarning, module)
+        yield
 
 
 def random_rows(rows: Tensor, count: int, generator: torch.Generator) -> Tensor:

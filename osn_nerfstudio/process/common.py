@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from osn_nerfstudio import console
 
 CONSOLE = Console(stderr=True)
 """Progress and reports go to stderr, as for the other osn-* commands."""
@@ -18,15 +19,8 @@ class ProcessDataError(ValueError):
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar for one long stage; yields the function that advances it by one step."""
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    # without a terminal (logs, pipes) a bar only adds blank lines
-    with Progress(*columns, console=CONSOLE, transient=True, disable=not CONSOLE.is_terminal) as progress:
+    """A progress bar for one long stage (a line now and then without a terminal); yields the function that advances
+    it by one step."""
+    with console.progress_bar(CONSOLE, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda: progress.advance(task)

@@ -308,8 +308,7 @@ class RenderConfigurations:
 
 def sampled_configurations(model, num: int, seed: int) -> List[Shown]:
     """``num`` configurations sampled from the scale network (seeded), with its scores."""
-    torch.manual_seed(seed)
-    sampled = model.scale_network.sample(num)
+    sampled = model.scale_network.sample(num, generator=torch.Generator().manual_seed(seed))
     if sampled.fell_back:
         CONSOLE.print(f"[yellow]{sampled.message}")
     scales, scores = sampled.scales.detach().cpu(), sampled.probability.detach().cpu().tolist()
@@ -464,10 +463,8 @@ def render_images(
     """Per camera, [H, W, 3] uint8 images of ``output_names`` at configuration ``scales`` (``to_image``);
     ``advance`` is called after each camera. The model's render configuration is restored afterwards."""
     model = pipeline.model
-    saved = model.render_scales.clone()
-    model.render_scales.copy_(scales.to(saved.device))
-    try:
-        images = []
+    images = []
+    with model.at_configuration(scales):
         for i in range(len(cameras)):
             with torch.no_grad():
                 outputs = model.get_outputs_for_camera(cameras[i : i + 1].to(pipeline.device))
@@ -476,9 +473,7 @@ def render_images(
                     raise SystemExit(f"No output {name!r}; this model renders {sorted(outputs)}.")
             images.append({name: to_image(outputs, name, depth_range) for name in output_names})
             advance()
-        return images
-    finally:
-        model.render_scales.copy_(saved)
+    return images
 
 
 def render_frames(

@@ -38,7 +38,10 @@ def entrypoint() -> None:
         print(__doc__.strip())
         raise SystemExit(0 if len(sys.argv) >= 2 else 2)
     argv = preset_argv(Path(sys.argv[1]), sys.argv[2:])
-    from nerfstudio.scripts import train
+    from osn_nerfstudio.console import third_party_imports
+
+    with third_party_imports():
+        from nerfstudio.scripts import train
 
     print("ns-train " + " ".join(argv), file=sys.stderr)
     sys.argv = ["ns-train", *argv]
