@@ -1,7 +1,7 @@
 """Sweep the validity labelling rule on a trained run against the scene's exact valid set; print a markdown table.
 
     python benchmarks/labelling_rule.py RUN_DIR [--label-gaps 1 2] [--min-accumulations 0.5 0.9]
-        [--tolerances 0.01 0.03] [--hidden-pixels 0 2048] [--hidden-gaps 3] [--draws 4000]
+        [--tolerances 0.01 0.03] [--depth-margins 0] [--hidden-pixels 0 2048] [--hidden-gaps 3] [--draws 4000]
 
 For every setting the run's fields are rendered on a fresh draw of supervision rays (seed 0; one cache per label
 gap and hidden-pixel count, since those choose the rays) and labelled by ``core/validity.valid_set``. Each row says
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--hidden-gaps", type=int, nargs="+", default=[3], help="validity.hidden_gap values")
     parser.add_argument("--min-accumulations", type=float, nargs="+", default=[0.5, 0.9])
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--depth-margins", type=float, nargs="+", default=[0.0], help="validity.depth_margin values")
     parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -45,9 +46,9 @@ def main() -> None:
     exact_draws = exact.sample(args.draws, torch.Generator().manual_seed(1))
     print(f"# Labelling rule: {args.run} (step {step})\n")
     print(f"Machine: {machine_info()}; load average {load_average()}\n")
-    print("| label gap | hidden pixels / pair (gap) | min accumulation | tolerance | truth inside (margin) | recall "
-          "| precision | constraints | set aside |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| label gap | hidden pixels / pair (gap) | min accumulation | tolerance | depth margin "
+          "| truth inside (margin) | recall | precision | constraints | set aside |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = dataclasses.replace(model.config.validity)
     settings = [(gap, hidden, hidden_gap) for gap in args.label_gaps for hidden in args.hidden_pixels
                 for hidden_gap in (args.hidden_gaps if hidden > 0 else [0])]
@@ -55,20 +56,22 @@ def main() -> None:
         model.config.validity.label_gap, model.config.validity.hidden_pixels_per_pair = gap, hidden
         model.config.validity.hidden_gap = hidden_gap
         cache = supervision_cache_of(model, pipeline.datamanager, torch.Generator().manual_seed(0))
-        for min_acc in args.min_accumulations:
-            for tolerance in args.tolerances:
-                rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance)
-                labelled = valid_set(cache, scale_range, rule)
-                if labelled.valid.is_empty():
-                    print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | empty set | | | | |")
-                    continue
-                margin = float(labelled.valid.margins(truth[None])[0])
-                recall = float(labelled.valid.contains(exact_draws).float().mean())
-                members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
-                precision = float(exact.contains(members).float().mean())
-                set_aside = labelled.tolerated_weight + labelled.contradicted_weight
-                print(f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | {margin >= 0} ({margin:+.4f}) "
-                      f"| {recall:.3f} | {precision:.3f} | {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
+        rules = [(min_acc, tolerance, depth_margin) for min_acc in args.min_accumulations
+                 for tolerance in args.tolerances for depth_margin in args.depth_margins]
+        for min_acc, tolerance, depth_margin in rules:
+            rule = dataclasses.replace(base, min_accumulation=min_acc, tolerance=tolerance, depth_margin=depth_margin)
+            labelled = valid_set(cache, scale_range, rule)
+            setting = f"| {gap} | {hidden} ({hidden_gap}) | {min_acc} | {tolerance} | {depth_margin} |"
+            if labelled.valid.is_empty():
+                print(f"{setting} empty set | | | | |")
+                continue
+            margin = float(labelled.valid.margins(truth[None])[0])
+            recall = float(labelled.valid.contains(exact_draws).float().mean())
+            members = labelled.valid.sample(args.draws, torch.Generator().manual_seed(2))
+            precision = float(exact.contains(members).float().mean())
+            set_aside = labelled.tolerated_weight + labelled.contradicted_weight
+            print(f"{setting} {margin >= 0} ({margin:+.4f}) | {recall:.3f} | {precision:.3f} "
+                  f"| {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
     print(f"\nsweep took {time.perf_counter() - start:.0f} s")
 
 

@@ -19,7 +19,7 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from osn_nerfstudio import console
-from osn_nerfstudio.core.compositing import render_alone
+from osn_nerfstudio.core.compositing import depth_spread, render_alone
 from osn_nerfstudio.core.valid_set import ValidSet
 from osn_nerfstudio.core.validity import LabelledSet, SupervisionCache, valid_set
 from osn_nerfstudio.data.osn_datamanager import concat_bundles, random_rows
@@ -68,8 +68,8 @@ def supervision_cache_of(model, datamanager, generator: torch.Generator, progres
 def supervision_cache(
     model, ray_bundle: RayBundle, labels: Tensor, weights: Tensor, chunk: int = 4096, progress: bool = False
 ) -> SupervisionCache:
-    """Every object of ``model`` rendered alone on the supervision rays: own-unit depth and accumulation."""
-    depths, accs = [], []
+    """Every object of ``model`` rendered alone on the supervision rays: own-unit depth, accumulation and spread."""
+    depths, accs, spreads = [], [], []
     ones = torch.ones(1, model.num_objects, device=model.bbox_min.device)
     starts = range(0, len(ray_bundle), chunk)
     if progress:
@@ -77,14 +77,17 @@ def supervision_cache(
         starts = console.track(starts, description, console=CONSOLE, transient=True)
     for start in starts:
         rays = ray_bundle[start : start + chunk].to(model.bbox_min.device)
-        alone = render_alone(model.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False)[0])
+        samples, _ = model.sample_objects(rays, ones.expand(len(rays), -1), clip_near=False)
+        alone = render_alone(samples)
         depths.append(alone.depth)
         accs.append(alone.accumulation)
+        spreads.append(depth_spread(alone, samples))
     return SupervisionCache(
         depth=torch.cat(depths).cpu(),
         acc=torch.cat(accs).cpu(),
         label=labels.long().cpu(),
         weight=weights.float().cpu(),
+        spread=torch.cat(spreads).cpu(),
     )
 
 

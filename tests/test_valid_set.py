@@ -1,5 +1,6 @@
 """The valid set as difference bounds on log-scales, and the rule that labels configurations from a cache."""
 
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from osn_nerfstudio.core.validity import (
     SupervisionCache,
     ValidityConfig,
     labelled_candidates,
+    pair_constraints,
     valid_set,
     zbuffer_winner,
 )
@@ -173,3 +175,52 @@ def test_labelled_candidates_find_a_thin_set_and_its_faces():
     assert labels[2000:2500].all()  # inside the set
     assert 0.1 < labels[2500:].float().mean() < 0.9  # on both sides of its faces
     assert labels[:2000].float().mean() < 0.02  # the slab is under 1 % of the range box
+
+
+def test_depth_margin_relaxes_each_constraint_by_its_renders_spread():
+    cache = slab_cache(400, 0)
+    cache.spread = torch.zeros_like(cache.depth)
+    cache.spread[:200, 1], cache.spread[:200, 2] = 0.01, 0.02  # object 1's side: label 1, competitor 2
+    sharp = {(p.label, p.competitor): p for p in pair_constraints(cache, 0.5)}
+    relaxed = {(p.label, p.competitor): p for p in pair_constraints(cache, 0.5, depth_margin=2.0)}
+    torch.testing.assert_close(relaxed[(1, 2)].thresholds, sharp[(1, 2)].thresholds + 2.0 * 0.03)
+    torch.testing.assert_close(relaxed[(2, 1)].thresholds, sharp[(2, 1)].thresholds)
+    cache.spread = None  # no spreads: nothing to relax
+    torch.testing.assert_close(pair_constraints(cache, 0.5, depth_margin=2.0)[0].thresholds, sharp[(1, 2)].thresholds)
+
+
+def test_foggy_constraints_give_way_to_sharp_ones_with_a_depth_margin():
+    """Object 1 rests against object 2: its rays bound s_1 <= s_2, and the truth (s_1 = 0.99 s_2) lies next to that
+    face. A fifth of them come from fog nearer than object 2's surface ("s_1 < 0.97 s_2"): too many for the
+    tolerance, so without a margin they cut the truth out. Their large spread lets them give way; the sharp rays
+    still bound the set next to the truth."""
+    n = 200
+    depth = torch.ones(n, 3, dtype=torch.float64)
+    acc = torch.zeros_like(depth)
+    acc[:, 1:] = 1.0
+    depth[: n // 5, 2] = 0.97
+    spread = torch.full_like(depth, 0.002)
+    spread[: n // 5, 2] = 0.05
+    cache = SupervisionCache(depth, acc, torch.ones(n, dtype=torch.long), torch.ones(n, dtype=torch.float64), spread)
+    truth = torch.tensor([[1.0, 0.99, 1.0]], dtype=torch.float64)
+    config = ValidityConfig(tolerance=0.01, min_tolerated=3.0)
+    sharp_only = valid_set(cache, RANGE, config).valid
+    assert not sharp_only.contains(truth).any()
+    assert sharp_only.scale_interval(1, 2)[1] == pytest.approx(0.97)
+    relaxed = valid_set(cache, RANGE, dataclasses.replace(config, depth_margin=1.0)).valid
+    assert relaxed.contains(truth).all()
+    # the sharp rays' bound, relaxed by their own spread only
+    assert relaxed.scale_interval(1, 2)[1] == pytest.approx(math.exp(2 * 0.002), rel=1e-9)
+
+
+def test_depth_spread_of_renders_alone():
+    from osn_nerfstudio.core.compositing import AloneOutputs, ObjectSamples, depth_spread
+
+    starts = torch.tensor([[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]])
+    samples = ObjectSamples(starts, starts + 0.5, torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, 3))
+    # object 0: all weight on one sample (a surface); object 1: half on the first and last (1.25 and 3.25)
+    weights = torch.tensor([[[0.0, 0.9, 0.0], [0.4, 0.0, 0.4]]])
+    accumulation = weights.sum(-1)
+    depth = (weights * samples.midpoints).sum(-1) / accumulation
+    alone = AloneOutputs(torch.zeros(1, 2, 3), depth, accumulation, weights)
+    torch.testing.assert_close(depth_spread(alone, samples), torch.tensor([[0.0, 1.0 / 2.25]]))

@@ -150,6 +150,15 @@ def render_alone(samples: ObjectSamples) -> AloneOutputs:
     return AloneOutputs(rgb=rgb, depth=depth, accumulation=accumulation, weights=weights)
 
 
+def depth_spread(alone: AloneOutputs, samples: ObjectSamples) -> Float[Tensor, "R K"]:
+    """Relative depth spread of every object alone: the standard deviation of its sample distances under its
+    normalised weights, over its expected depth (0 where the object is nearly empty there)."""
+    weights = alone.weights / alone.accumulation.clamp_min(MIN_ACCUMULATION_FOR_DEPTH)[..., None]
+    variance = (weights * (samples.midpoints - alone.depth[..., None]).pow(2)).sum(-1)
+    spread = variance.clamp_min(0.0).sqrt() / alone.depth.clamp_min(torch.finfo(alone.depth.dtype).tiny)
+    return torch.where(alone.depth > 0, spread, torch.zeros_like(spread))
+
+
 def distortion(
     weights: Float[Tensor, "*bs N"], starts: Float[Tensor, "*bs N"], ends: Float[Tensor, "*bs N"]
 ) -> Float[Tensor, "*bs"]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -53,10 +53,19 @@ class SupervisionCache:
     """Object the data says is visible on the ray (keypoint owner or mask label), in [0, K)."""
     weight: Float[Tensor, " R"]
     """Non-negative weight of the ray in the validity score (keypoint confidence, 1 for mask pixels)."""
+    spread: Optional[Float[Tensor, "R K"]] = None
+    """Relative depth spread of each object alone (standard deviation of its sample distances under its weights, over
+    its depth): about 0 on a sharp surface, large in fog. None: every render is taken as a sharp surface."""
 
     def __post_init__(self) -> None:
         num_rays, num_objects = self.depth.shape
-        if self.acc.shape != self.depth.shape or self.label.shape != (num_rays,) or self.weight.shape != (num_rays,):
+        spread_shape = self.depth.shape if self.spread is None else self.spread.shape
+        if (
+            self.acc.shape != self.depth.shape
+            or spread_shape != self.depth.shape
+            or self.label.shape != (num_rays,)
+            or self.weight.shape != (num_rays,)
+        ):
             raise ValueError(
                 f"supervision cache shapes disagree: depth {tuple(self.depth.shape)}, acc {tuple(self.acc.shape)}, "
                 f"label {tuple(self.label.shape)}, weight {tuple(self.weight.shape)}; "
@@ -268,6 +277,9 @@ class ValidityConfig:
     """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
     hidden_gap: int = 3
     """Hidden-object pixels keep this many pixels from the object's own visible pixels (learned silhouettes bleed)."""
+    depth_margin: float = 0.0
+    """Each constraint is relaxed by this many relative depth spreads of its two renders (``SupervisionCache.spread``),
+    so fog decides less than sharp surfaces. 0: the renders' expected depths alone."""
     min_accumulation: float = 0.5
     """Objects more transparent than this on a ray do not take part in its Z-buffer."""
     tolerance: float = 0.01
@@ -316,17 +328,26 @@ class PairConstraints:
         return float(self.weight[self.discarded : end].sum()), end
 
 
-def pair_constraints(cache: SupervisionCache, min_accumulation: float) -> List[PairConstraints]:
+def pair_constraints(
+    cache: SupervisionCache, min_accumulation: float, depth_margin: float = 0.0
+) -> List[PairConstraints]:
     """Every (ray, competitor) constraint of the cache, grouped by (label, competitor).
 
     Only contested rays give constraints: the label qualifies (``acc > min_accumulation``) and so does at least one
     other object. A ray where the label does not qualify is wrong in every configuration and one where no other
-    object qualifies right in every one: neither says anything about the scales.
+    object qualifies right in every one: neither says anything about the scales. With ``depth_margin`` and the
+    cache's ``spread``, each threshold is raised by ``depth_margin * (spread_label + spread_competitor)``: the
+    log-depth uncertainty of the two renders.
     """
     qualifies = cache.acc > min_accumulation
     label_qualifies = qualifies.gather(1, cache.label[:, None])[:, 0]
     log_depth = cache.depth.double().clamp_min(torch.finfo(torch.float64).tiny).log()
     label_log_depth = log_depth.gather(1, cache.label[:, None])[:, 0]
+    if depth_margin > 0 and cache.spread is not None:
+        # the label's margin is folded into its log-depth, the competitor's into its own: both loosen the threshold
+        margin = depth_margin * cache.spread.double()
+        label_log_depth = label_log_depth - margin.gather(1, cache.label[:, None])[:, 0]
+        log_depth = log_depth + margin
     out = []
     for label in range(cache.num_objects):
         mine = label_qualifies & (cache.label == label)
@@ -364,7 +385,7 @@ def valid_set(cache: SupervisionCache, scale_range: Float[Tensor, "K 2"], config
     until the cycle closes, and so on until no cycle is left. Rays that ask for what nothing else allows (a fog of an
     object's field over another's pixels) are set aside that way, and the truth stays in the set.
     """
-    constraints = pair_constraints(cache, config.min_accumulation)
+    constraints = pair_constraints(cache, config.min_accumulation, config.depth_margin)
     for pair in constraints:
         pair.tolerate(config.tolerance, config.min_tolerated)
     by_edge = {(pair.label, pair.competitor): pair for pair in constraints}
