@@ -1,7 +1,7 @@
 """Check a trained run against the method's quality bars; print a markdown report.
 
     python benchmarks/quality.py RUN_DIR [--samples 1000] [--draws 5] [--exact-draws N]
-        [--common-scale-factors 1.03 1.06 1.1]
+        [--common-scale-factors 1.03 1.06 1.1] [--refit [KEY=VALUE ...]] [--no-render]
 
 RUN_DIR is outputs/<experiment>/osn/<timestamp>. The scene must be a generated one: the demo scene or an indoor
 benchmark scene (``benchmarks/indoor_scenes.py``), whose ``evaluation.amodal_depth`` gives every object's true
@@ -12,6 +12,10 @@ configurations under which the true per-object depths explain every pixel of the
 That set is what a perfect method would learn. The test cameras are rendered at the truth, at the closest of 100
 configurations sampled by the scale network and drawn from the exact valid set, and at the truth with every
 foreground object scaled by a common factor: what a given distance from the truth costs on this scene.
+
+``--refit`` first refits the scale network on the run's fields with this checkout's validity labelling (and the
+given settings of the model's config, e.g. ``validity.depth_margin=0.5``), as the run's last refit would have: it measures a labelling
+change without training again. ``--no-render`` reports the valid sets only.
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ def reversed_configuration(cache, truth: torch.Tensor, i: int, j: int) -> torch.
     return config
 
 
+def refit(model, datamanager, step: int, settings: list[str]) -> None:
+    """Refit the scale network on the run's fields with ``settings`` applied to the model's config: ``PATH=VALUE``, the
+    path relative to it (``validity.depth_margin=0.5``, ``scale_network.proposal_margin=0``)."""
+    for setting in settings:
+        path, _, value = setting.partition("=")
+        *parents, key = path.split(".")
+        owner = model.config
+        for parent in parents:
+            owner = getattr(owner, parent)
+        setattr(owner, key, type(getattr(owner, key))(value))
+        print(f"refit with {path} = {getattr(owner, key)}")
+    model.fit_scale_network(datamanager, step)
+
+
 def load_run(run: Path):
     """(pipeline, step, scene) of a trained run, its model in eval mode; the scene read from the run's data."""
     from nerfstudio.utils.eval_utils import eval_setup
@@ -92,6 +110,9 @@ def main() -> None:
                         help="draws of 100 configurations evaluated on the test cameras")
     parser.add_argument("--exact-draws", type=int, default=None,
                         help="of those drawn from the exact valid set (default: --draws)")
+    parser.add_argument("--refit", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="refit the scale network first, with these settings of the model's config")
+    parser.add_argument("--no-render", action="store_true", help="skip the test cameras")
     parser.add_argument(
         "--common-scale-factors", type=float, nargs="*", default=[1.03, 1.06, 1.1],
         help="factors applied to every foreground object's true scale, each evaluated on the test cameras",
@@ -103,6 +124,8 @@ def main() -> None:
     names, device = model.object_names, model.true_scales.device
     truth = model.true_scales.cpu()
     generator = torch.Generator().manual_seed(0)
+    if args.refit is not None:
+        refit(model, pipeline.datamanager, step, args.refit)
 
     labels = label_validity(model, pipeline.datamanager, generator)
     cache, labelled = labels.cache, labels.labelled
@@ -164,6 +187,9 @@ def main() -> None:
           f"{np.median(learned_gaps):.3f} ({min(learned_gaps):.3f}..{max(learned_gaps):.3f}); exact valid set "
           f"{np.median(exact_gaps):.3f} ({min(exact_gaps):.3f}..{max(exact_gaps):.3f})")
 
+    if args.no_render:
+        print(f"\nreport took {time.perf_counter() - start:.0f} s")
+        return
     rendering = time.perf_counter()
     at_truth = evaluate_at(pipeline, truth)
     learned_rows = [(gap, evaluate_at(pipeline, closest)) for gap, closest in learned_closest[: args.draws]]

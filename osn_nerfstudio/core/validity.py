@@ -277,9 +277,9 @@ class ValidityConfig:
     """Pixels per frame and foreground object searched for it hiding behind another (drawn inside its box)."""
     hidden_gap: int = 3
     """Hidden-object pixels keep this many pixels from the object's own visible pixels (learned silhouettes bleed)."""
-    depth_margin: float = 0.0
+    depth_margin: float = 0.5
     """Each constraint is relaxed by this many relative depth spreads of its two renders (``SupervisionCache.spread``),
-    so fog decides less than sharp surfaces. 0: the renders' expected depths alone."""
+    so fog decides less than sharp surfaces (benchmarks/RESULTS.md). 0: the renders' expected depths alone."""
     min_accumulation: float = 0.5
     """Objects more transparent than this on a ray do not take part in its Z-buffer."""
     tolerance: float = 0.01
