@@ -14,8 +14,8 @@ configurations sampled by the scale network and drawn from the exact valid set, 
 foreground object scaled by a common factor: what a given distance from the truth costs on this scene.
 
 ``--refit`` first refits the scale network on the run's fields with this checkout's validity labelling (and the
-given settings of the model's config, e.g. ``validity.depth_margin=0.5``), as the run's last refit would have: it measures a labelling
-change without training again. ``--no-render`` reports the valid sets only.
+given settings of the model's config, e.g. ``validity.depth_margin=0.5``), as the run's last refit would have: it
+measures a labelling change without training again. ``--no-render`` reports the valid sets only.
 """
 
 from __future__ import annotations
