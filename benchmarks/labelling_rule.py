@@ -2,6 +2,7 @@
 
     python benchmarks/labelling_rule.py RUN_DIR [--label-gaps 1 2] [--min-accumulations 0.5 0.9]
         [--tolerances 0.01 0.03] [--depth-margins 0] [--hidden-pixels 0 2048] [--hidden-gaps 3] [--draws 4000]
+        [--explain]
 
 For every setting the run's fields are rendered on a fresh draw of supervision rays (seed 0; one cache per label
 gap and hidden-pixel count, since those choose the rays) and labelled by ``core/validity.valid_set``. Each row says
@@ -9,6 +10,11 @@ whether the true configuration is inside the labelled set (and by what log-scale
 configurations drawn from the exact valid set that the rule labels valid) and the precision (share of
 configurations drawn from the labelled set that are exactly valid). The scene needs ``evaluation.amodal_depth`` (the
 demo or an indoor benchmark scene).
+
+``--explain`` adds, for the run's own settings and each depth margin, one row per ordered pair of objects: the
+truth's log-scale gap, the exact and labelled bounds on it, and the constraints the truth breaks (how many, by how
+much, and their renders' relative depth spread against the others'): which rays cut the truth out, and whether the
+depth margin covers them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 import torch
 
 from machine import load_average, machine_info
-from osn_nerfstudio.core.validity import valid_set
+from osn_nerfstudio.core.validity import pair_constraints, valid_set
 from osn_nerfstudio.data.ground_truth import exact_valid_set
 from osn_nerfstudio.validity_labels import supervision_cache_of
 from quality import load_run
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--depth-margins", type=float, nargs="+", default=[0.0], help="validity.depth_margin values")
     parser.add_argument("--draws", type=int, default=4000, help="configurations drawn from each set")
+    parser.add_argument("--explain", action="store_true", help="per pair: the constraints that exclude the truth")
     args = parser.parse_args()
     start = time.perf_counter()
     pipeline, step, scene = load_run(args.run)
@@ -72,7 +79,37 @@ def main() -> None:
             set_aside = labelled.tolerated_weight + labelled.contradicted_weight
             print(f"{setting} {margin >= 0} ({margin:+.4f}) | {recall:.3f} | {precision:.3f} "
                   f"| {labelled.constraint_weight:.0f} | {set_aside:.0f} |")
+    if args.explain:
+        model.config.validity = base
+        cache = supervision_cache_of(model, pipeline.datamanager, torch.Generator().manual_seed(0))
+        for depth_margin in args.depth_margins:
+            explain(cache, model, exact, dataclasses.replace(base, depth_margin=depth_margin))
     print(f"\nsweep took {time.perf_counter() - start:.0f} s")
+
+
+def explain(cache, model, exact, config) -> None:
+    """One row per ordered pair: where the truth lies against its labelled and exact bounds, and what cuts it out."""
+    names = model.object_names
+    truth = model.true_scales.cpu().double().log()
+    exact_bounds = exact.closed().bounds
+    spread = cache.spread if cache.spread is not None else torch.zeros_like(cache.depth)
+    print(f"\nConstraints at the run's settings (depth margin {config.depth_margin}; gaps in log-scale; spreads "
+          "relative, label's plus competitor's):\n")
+    print("| in front | behind | constraints | truth gap | exact bound | labelled bound | broken by the truth "
+          "| shortfall median / max | spread: broken / kept |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for pair in pair_constraints(cache, config.min_accumulation, config.depth_margin):
+        pair.tolerate(config.tolerance, config.min_tolerated)
+        label, other = pair.label, pair.competitor
+        gap = float(truth[label] - truth[other])
+        ray_spread = (spread[pair.rays, label] + spread[pair.rays, other]).double()
+        broken = pair.thresholds < gap
+        shortfall = gap - pair.thresholds[broken]
+        short = f"{float(shortfall.median()):.4f} / {float(shortfall.max()):.4f}" if broken.any() else "-"
+        spreads = "/".join(f"{float(ray_spread[m].median()):.3f}" if m.any() else "-" for m in (broken, ~broken))
+        print(f"| {names[label]} | {names[other]} | {len(broken)} | {gap:+.4f} "
+              f"| {float(exact_bounds[label, other]):+.4f} | {pair.bound:+.4f} "
+              f"| {int(broken.sum())} ({float(broken.double().mean()):.2%}) | {short} | {spreads} |")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def test_foggy_constraints_give_way_to_sharp_ones_with_a_depth_margin():
     spread[: n // 5, 2] = 0.05
     cache = SupervisionCache(depth, acc, torch.ones(n, dtype=torch.long), torch.ones(n, dtype=torch.float64), spread)
     truth = torch.tensor([[1.0, 0.99, 1.0]], dtype=torch.float64)
-    config = ValidityConfig(tolerance=0.01, min_tolerated=3.0)
+    config = ValidityConfig(tolerance=0.01, min_tolerated=3.0, depth_margin=0.0)
     sharp_only = valid_set(cache, RANGE, config).valid
     assert not sharp_only.contains(truth).any()
     assert sharp_only.scale_interval(1, 2)[1] == pytest.approx(0.97)

@@ -308,6 +308,8 @@ class PairConstraints:
     thresholds: Float[Tensor, " n"]
     """Ascending ``log d_competitor - log d_label`` (float64)."""
     weight: Float[Tensor, " n"]
+    rays: Int[Tensor, " n"]
+    """Row of the cache each constraint comes from."""
     discarded: int = 0
 
     @property
@@ -355,9 +357,11 @@ def pair_constraints(
             rays = mine & qualifies[:, competitor] if competitor != label else None
             if rays is None or not rays.any():
                 continue
-            thresholds = log_depth[rays, competitor] - label_log_depth[rays]
+            rows = rays.nonzero()[:, 0]
+            thresholds = log_depth[rows, competitor] - label_log_depth[rows]
             order = thresholds.argsort()
-            out.append(PairConstraints(label, competitor, thresholds[order], cache.weight[rays].double()[order]))
+            weight = cache.weight[rows].double()[order]
+            out.append(PairConstraints(label, competitor, thresholds[order], weight, rows[order]))
     return out
 
 
