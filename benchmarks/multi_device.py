@@ -50,7 +50,10 @@ def train(args, devices: int, steps: int, output_dir: Path) -> float:
 
 def rays_per_step(preset: Path) -> int:
     """Rays one process trains on per step under the preset (nerfstudio's and this plugin's defaults otherwise)."""
-    from osn_nerfstudio.osn_config import osn_method
+    from osn_nerfstudio.console import third_party_imports
+
+    with third_party_imports():
+        from osn_nerfstudio.osn_config import osn_method
 
     datamanager = osn_method.config.pipeline.datamanager
     trainer = yaml.safe_load(preset.read_text()).get("trainer", {})
