@@ -94,7 +94,9 @@ case "$task" in
     osn-train configs/demo-cpu.yaml "$@"
     run=$(ls -td outputs/osn-demo/osn/*/ | head -n 1)
     log "trained: ${run}config.yml; evaluating on the demo's novel-view test cameras"
-    ns-eval --load-config "${run}config.yml" --output-path "${run}eval.json" --render-output-path "${run}renders"
+    # nerfstudio's own CLI warns about torch deprecations before the plugin loads; silence those three by message
+    PYTHONWARNINGS="ignore:\`torch.jit.script\` is deprecated:FutureWarning,ignore:\`torch.cuda.amp.custom_:FutureWarning" \
+      ns-eval --load-config "${run}config.yml" --output-path "${run}eval.json" --render-output-path "${run}renders"
     osn-sample-configurations --load-config "${run}config.yml" --output "${run}configurations.json" --overwrite
     log "rendering the contact sheet: the test views at the truth and at sampled configurations"
     osn-render contact-sheet --load-config "${run}config.yml" --configurations-file "${run}configurations.json" \
