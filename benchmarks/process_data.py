@@ -1,50 +1,75 @@
-"""Time osn-process-data per stage on demo scenes given as frames and masks only, and score the result
-against the demo's ground truth (trajectory after similarity alignment, keypoint depth after scaling).
+"""Time osn-process-data per stage on scenes given as frames and masks only, and score the result against
+the scene's ground truth.
 
-    OMP_NUM_THREADS=1 python benchmarks/process_data.py     # the tables in benchmarks/PROCESS_DATA_RESULTS.md
+    OMP_NUM_THREADS=1 python benchmarks/process_data.py                 # the tables in PROCESS_DATA_RESULTS.md
+    OMP_NUM_THREADS=1 python benchmarks/process_data.py --scenes room-a --repeats 1
 
-Scenes: the default demo (128x96, 40 frames, background + 3 objects) and the test suite's scene (128x96,
-24 frames, background + box). Intrinsics are given (--focal-length) unless ``--estimate-focal``. Objects
-whose registration the pipeline does not trust are kept (``--trust.keep-untrusted``) so that their errors
-can be shown, and marked in the "untrusted" column (a default run leaves them out).
+Scenes: the default demo (128x96, 40 frames, background + 3 objects), the test suite's scene (128x96, 24
+frames, background + box), and the Cycles-rendered indoor scenes of ``benchmarks/indoor_scenes.py`` (320x240,
+40 frames; rendered and cached on first use, which needs the ``blender`` extra). Intrinsics are given
+(--focal-length) unless ``--estimate-focal``. Objects whose registration the pipeline does not trust are kept
+(``--trust.keep-untrusted``) so that their errors can be shown, and marked in the "untrusted" column.
+
+Per object: registered frames of the frames where its true mask has pixels; keypoints; rotation error (median
+and max, degrees) and camera-centre error (median, as a percentage of the object's largest true box side: the
+room's for the background) after the best similarity alignment of the camera centres; and the depth-ratio
+spread, the interquartile range over the median of own / true depth at its keypoints (0 for a correct
+reconstruction, whose unit is one number).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import tyro
 
+from indoor_scenes import LAYOUTS, cache_dir, ensure_scene
 from machine import load_average, machine_info
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.scene_format import Scene, read_depth
 from osn_nerfstudio.data.validation import load_scene
-from osn_nerfstudio.process.evaluation import depth_agreement, trajectory_error
+from osn_nerfstudio.process.evaluation import depth_ratio_spread, trajectory_error
+from osn_nerfstudio.process.features import FeatureConfig
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, ProcessReport, process_video
 from osn_nerfstudio.process.trust import TrustConfig
 
-SCENES: Dict[str, DemoSceneConfig] = {
-    "default demo (128x96, 40 frames, 3 objects)": DemoSceneConfig(),
-    "test scene (128x96, 24 frames, 1 object)": DemoSceneConfig(
+DEMO_SCENES: Dict[str, DemoSceneConfig] = {
+    "demo": DemoSceneConfig(),
+    "test-scene": DemoSceneConfig(
         seed=0, width=128, height=96, num_frames=24, num_objects=1, supersampling=2, test_view_every=24
     ),
 }
+INDOOR_FRAME_RATE = 10.0
+"""The indoor scenes' frame rate (frames are kept as they are either way)."""
 
 
 @dataclass
 class BenchmarkConfig:
     """What to run."""
 
+    scenes: List[str] = field(default_factory=lambda: [*DEMO_SCENES, *LAYOUTS])
+    """Scenes to process: demo, test-scene, and the indoor scenes (room-a, room-b, room-c)."""
     repeats: int = 2
     """Runs per scene; the table reports the fastest total and its stages."""
     estimate_focal: bool = False
     """Let the background's SfM estimate the focal length instead of giving the true one."""
+    features: bool = False
+    """Add SIFT feature tracks (``--features.enabled``)."""
+
+
+def truth_scene(name: str, work: Path) -> Tuple[Scene, float]:
+    """The ground-truth scene ``name`` and its frame rate."""
+    if name in DEMO_SCENES:
+        return make_demo_scene(work / "truth", DEMO_SCENES[name]), DEMO_SCENES[name].fps
+    if name in LAYOUTS:
+        return load_scene(ensure_scene(name, cache_dir())), INDOOR_FRAME_RATE
+    raise SystemExit(f"unknown scene {name!r}: choose from {[*DEMO_SCENES, *LAYOUTS]}")
 
 
 def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
@@ -58,80 +83,92 @@ def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
     return frames, masks
 
 
-def accuracy_rows(scene: Scene, truth: Scene, names: List[str], report: ProcessReport) -> List[str]:
-    """Markdown rows: per object, registered frames, keypoints and errors against the ground truth."""
+COLUMNS = ("object", "registered / visible", "keypoints", "rotation error median / max (deg)",
+           "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "untrusted")
+
+
+def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str]:
+    """Markdown rows: per object, registration and errors against the ground truth."""
     depth = np.stack([read_depth(truth.path(f.depth)) for f in truth.frames])
     labels = np.stack([truth.load_mask(v) for v in range(truth.num_frames)])
+    names = [o.name for o in truth.objects]
+    processed = [o.name for o in scene.objects]
     rows = []
-    for name in names:
-        if name not in [o.name for o in scene.objects]:
-            rows.append(f"| {name} | left out | | | | | |")
+    for truth_k, name in enumerate(names):
+        visible = int(np.any(labels == truth_k, axis=(1, 2)).sum())
+        if name not in processed:
+            reason = next((o.failure for o in report.objects if o.name == name and o.failure), "")
+            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | {reason} |")
             continue
-        k, truth_k = [o.name for o in scene.objects].index(name), names.index(name)
+        k = processed.index(name)
         registered = scene.registered[k]
         error = trajectory_error(scene.camera_to_object[k][registered], truth.camera_to_object[truth_k][registered])
+        size = float(np.max(truth.objects[truth_k].bbox_max - truth.objects[truth_k].bbox_min))
         kp = scene.keypoints.select(scene.keypoints.object_id == k)
         px = np.floor(kp.uv).astype(int)
         on_object = labels[kp.frame, px[:, 1], px[:, 0]] == truth_k
-        agreement = depth_agreement(kp.depth[on_object], depth[kp.frame, px[:, 1], px[:, 0]][on_object])
+        spread = depth_ratio_spread(kp.depth[on_object], depth[kp.frame, px[:, 1], px[:, 0]][on_object])
+        untrusted = next((o.untrusted for o in report.objects if o.name == name and o.untrusted), None)
+        stability = next(o.half_disagreement_deg for o in report.objects if o.name == name)
         rows.append(
-            f"| {name} | {registered.sum()}/{scene.num_frames} | {len(kp)} | "
-            f"{error.rotation_deg_mean:.2f} / {error.rotation_deg_max:.2f} | "
-            f"{100 * error.translation_relative_mean:.1f} / {100 * error.translation_relative_max:.1f} | "
-            f"{100 * agreement.relative_error_median:.1f} / {100 * agreement.relative_error_p90:.1f} | "
-            f"{'yes' if any(o.name == name and o.untrusted for o in report.objects) else 'no'} |"
+            f"| {name} | {registered.sum()} / {visible} | {len(kp)} | "
+            f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | "
+            f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | "
+            f"{'yes' if untrusted else 'no'} |"
         )
     return rows
 
 
-def run(name: str, demo: DemoSceneConfig, config: BenchmarkConfig) -> None:
+def process(truth: Scene, frame_rate: float, work: Path, config: BenchmarkConfig) -> ProcessReport:
+    """osn-process-data on the truth's frames and masks, ``config.repeats`` times; the fastest run's report."""
+    frames, masks = export_inputs(truth, work)
+    reports: List[ProcessReport] = []
+    for i in range(config.repeats):
+        settings = ProcessDataConfig(
+            data=frames,
+            output_dir=work / f"scene-{i}",
+            masks=masks,
+            object_names=[o.name for o in truth.objects[1:]],
+            focal_length=None if config.estimate_focal else truth.camera.fx,
+            sampling=FrameSamplingConfig(frame_rate=frame_rate),
+            preview=i == 0,
+            trust=TrustConfig(keep_untrusted=True),
+            features=FeatureConfig(enabled=config.features),
+        )
+        start = time.perf_counter()
+        reports.append(process_video(settings))
+        reports[-1].stage_seconds["total"] = time.perf_counter() - start
+    return min(reports, key=lambda r: r.stage_seconds["total"])
+
+
+def run(name: str, config: BenchmarkConfig, show: Callable[[str], None] = print) -> None:
     with tempfile.TemporaryDirectory(prefix="osn-process-benchmark-") as work:
-        work_dir = Path(work)
-        truth = make_demo_scene(work_dir / "truth", demo)
-        frames, masks = export_inputs(truth, work_dir)
-        names = [o.name for o in truth.objects]
-        reports: List[ProcessReport] = []
-        for i in range(config.repeats):
-            process = ProcessDataConfig(
-                data=frames,
-                output_dir=work_dir / f"scene-{i}",
-                masks=masks,
-                object_names=names[1:],
-                focal_length=None if config.estimate_focal else truth.camera.fx,
-                sampling=FrameSamplingConfig(frame_rate=demo.fps),
-                preview=i == 0,
-                trust=TrustConfig(keep_untrusted=True),
-            )
-            start = time.perf_counter()
-            reports.append(process_video(process))
-            reports[-1].stage_seconds["total"] = time.perf_counter() - start
-        best = min(reports, key=lambda r: r.stage_seconds["total"])
+        truth, frame_rate = truth_scene(name, Path(work))
+        best = process(truth, frame_rate, Path(work), config)
         scene = load_scene(best.scene.root)
-        print(f"\n### {name}\n")
-        print(f"load average {load_average()}; intrinsics {best.camera_source}\n")
+        show(f"\n### {name} ({truth.camera.width}x{truth.camera.height}, {truth.num_frames} frames)\n")
+        show(f"load average {load_average()}; intrinsics {best.camera_source}\n")
         stages = list(best.stage_seconds)
-        print("| " + " | ".join(stages) + " |")
-        print("|" + "---|" * len(stages))
-        print("| " + " | ".join(f"{best.stage_seconds[s]:.2f}" for s in stages) + " |")
-        print("\nSfM per object (s): " + ", ".join(f"{k} {v:.2f}" for k, v in best.sfm_seconds.items()))
-        print("\n| object | registered | keypoints | rotation error mean / max (deg) "
-              "| translation error mean / max (%) | depth error median / p90 (%) | untrusted |")
-        print("|---|---|---|---|---|---|---|")
-        print("\n".join(accuracy_rows(scene, truth, names, best)))
+        show("| " + " | ".join(stages) + " |")
+        show("|" + "---|" * len(stages))
+        show("| " + " | ".join(f"{best.stage_seconds[s]:.2f}" for s in stages) + " |")
+        show("\nSfM per object (s): " + ", ".join(f"{k} {v:.2f}" for k, v in best.sfm_seconds.items()) + "\n")
+        show("| " + " | ".join(COLUMNS) + " |")
+        show("|" + "---|" * len(COLUMNS))
+        show("\n".join(accuracy_rows(scene, truth, best)))
         for o in best.objects:
             if o.untrusted:
-                print(f"\nUntrusted: {o.name}: {o.untrusted}")
+                show(f"\nUntrusted: {o.name}: {o.untrusted}")
         failures = [f"{o.name}: {reason} (frames {frames_})"
                     for o in best.objects for reason, frames_ in o.unregistered.items()]
-        failures += [f"{o.name}: left out: {o.failure}" for o in best.objects if o.failure]
         if failures:
-            print("\nNot registered: " + "; ".join(failures))
+            show("\nNot registered: " + "; ".join(failures))
 
 
 def main(config: BenchmarkConfig) -> None:
     print(machine_info())
-    for name, demo in SCENES.items():
-        run(name, replace(demo), config)
+    for name in config.scenes:
+        run(name, config)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""How far processed poses and keypoint depths are from a ground truth (for tests and benchmarks).
+"""How far processed poses and keypoint depths are from a ground truth, or from another reconstruction.
 
 Structure from motion recovers each object only up to a similarity (rotation, translation, scale), so
 trajectories are compared after the best similarity alignment, and depths after the best scale.
@@ -29,6 +29,16 @@ def rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
 
 
+def rotation_disagreement_deg(estimated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """[F] angles (degrees) between [F, 3, 3] rotations after the one rotation A minimising
+    sum |reference_v - A estimated_v|^2 (both sets of camera-to-object rotations may sit in different object frames).
+    """
+    correlation = np.einsum("fij,fkj->ik", reference, estimated)
+    u, _, vt = np.linalg.svd(correlation)
+    align = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    return rotation_angle_deg(np.swapaxes(reference, -1, -2) @ align @ estimated)
+
+
 @dataclass
 class TrajectoryError:
     """A recovered camera-to-object trajectory against the truth, after similarity alignment."""
@@ -38,6 +48,9 @@ class TrajectoryError:
     translation_relative_mean: float
     """Mean camera-centre error divided by the RMS spread of the true camera centres about their mean."""
     translation_relative_max: float
+    rotation_deg_median: float
+    centre_error_median: float
+    """Median camera-centre error in the truth's units."""
     num_frames: int
 
 
@@ -53,6 +66,8 @@ def trajectory_error(estimated: np.ndarray, truth: np.ndarray) -> TrajectoryErro
         rotation_deg_max=float(angles.max()),
         translation_relative_mean=float(distance.mean()),
         translation_relative_max=float(distance.max()),
+        rotation_deg_median=float(np.median(angles)),
+        centre_error_median=float(np.median(distance) * spread),
         num_frames=int(len(estimated)),
     )
 
@@ -77,3 +92,13 @@ def depth_agreement(estimated: np.ndarray, truth: np.ndarray) -> DepthAgreement:
         relative_error_p90=float(np.percentile(error, 90)),
         num_keypoints=int(len(estimated)),
     )
+
+
+def depth_ratio_spread(estimated: np.ndarray, truth: np.ndarray) -> float:
+    """Interquartile range over median of the [N] ratios estimated / true depth.
+
+    A correct reconstruction has one unit, so a constant ratio (spread 0); a warped one does not.
+    """
+    ratio = estimated / truth
+    low, median, high = np.percentile(ratio, [25, 50, 75])
+    return float((high - low) / median)

@@ -15,6 +15,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -37,14 +38,15 @@ from osn_nerfstudio.data.scene_format import (
 )
 from osn_nerfstudio.data.validation import validate_scene
 from osn_nerfstudio.process.common import CONSOLE, ProcessDataError, progress_bar
+from osn_nerfstudio.process.features import FeatureConfig, extract_features, feature_tracks, merge_tracks
 from osn_nerfstudio.process.flow import FlowConfig, VideoFlow, compute_flow
 from osn_nerfstudio.process.frames import Frames, FrameSamplingConfig, frame_label, read_frames, select_frames
 from osn_nerfstudio.process.masks import check_visible, read_user_masks
 from osn_nerfstudio.process.preview import write_preview
 from osn_nerfstudio.process.sam import download_advice, sam_masks
 from osn_nerfstudio.process.sfm import ObjectBox, SfMConfig, SfMFailure, reconstruct_object, to_object_frame
-from osn_nerfstudio.process.tracks import TrackConfig, Tracks, build_tracks
-from osn_nerfstudio.process.trust import TrustConfig, trust_signals, untrusted_reason
+from osn_nerfstudio.process.tracks import TrackConfig, Tracks, build_tracks, interior_labels
+from osn_nerfstudio.process.trust import TrustConfig, half_disagreement, trust_signals, untrusted_reason
 
 TOOL_NAME = "osn-process-data"
 PREVIEW_FILE = "preview.png"
@@ -82,6 +84,7 @@ class ProcessDataConfig:
     background's SfM when not given; give it when known, small or short videos estimate it poorly."""
     flow: FlowConfig = field(default_factory=FlowConfig)
     tracks: TrackConfig = field(default_factory=TrackConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     sfm: SfMConfig = field(default_factory=SfMConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     """When a foreground object's registration is untrusted (left out, or kept with a warning)."""
@@ -100,6 +103,10 @@ class ObjectReport:
     keypoints: int
     reprojection_error: float
     """Mean reprojection error (pixels) of its keypoints."""
+    visible_frames: int = 0
+    """Frames of the written scene where its mask has pixels."""
+    half_disagreement_deg: float = float("nan")
+    """How far reconstructions from halves of its tracks are from its own (degrees, median; see trust.py)."""
     failure: Optional[str] = None
     """Why the object was left out of the scene, if it was."""
     unregistered: Dict[str, List[int]] = field(default_factory=dict)
@@ -179,16 +186,18 @@ def _reconstruct_all(
         for k, name in enumerate(names):
             start = time.perf_counter()
             try:
-                sfm = reconstruct_object(
-                    _object_tracks(tracks, k),
-                    camera,
-                    num_frames,
-                    config.sfm,
-                    refine_intrinsics=estimate_intrinsics and k == 0,
-                )
-                results[k] = to_object_frame(sfm, margin=config.box_margin)
+                own = _object_tracks(tracks, k)
+                sfm = reconstruct_object(own, camera, num_frames, config.sfm, estimate_intrinsics and k == 0)
                 if k == 0:
                     camera = sfm.camera
+                results[k] = to_object_frame(sfm, margin=config.box_margin)
+                results[k].half_disagreement_deg = half_disagreement(
+                    own,
+                    sfm,
+                    partial(reconstruct_object, camera=camera, num_frames=num_frames, config=config.sfm),
+                    config.trust.stability_splits,
+                    seed=config.sfm.seed,
+                )
             except SfMFailure as err:
                 failures[k] = str(err)
             report.sfm_seconds[name] = time.perf_counter() - start
@@ -261,23 +270,27 @@ def assemble_scene(
         box = results.get(k)
         reason = failures.get(k)
         part, untrusted = None, None
+        visible = (labels == k).any(axis=(1, 2))
+        stability = float("nan") if box is None else box.half_disagreement_deg
         if box is not None:
             part = _keypoints(box, len(objects), new_index, kept, camera, config.sfm.weight_error_scale)
             if len(part) == 0:
                 reason = "registered only in frames that were dropped, or no keypoint inside the image"
             elif k > 0:  # the background is needed in every frame; its unregistered frames are dropped instead
-                visible = (labels == k).any(axis=(1, 2))
                 sfm = box.sfm
                 kept_sfm = replace(
                     sfm,
                     registered=sfm.registered[kept],
                     keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]],
                 )
-                untrusted = untrusted_reason(trust_signals(kept_sfm, visible), config.trust)
+                signals = trust_signals(kept_sfm, visible, box.half_disagreement_deg)
+                untrusted = untrusted_reason(signals, config.trust)
                 if untrusted is not None and not config.trust.keep_untrusted:
                     reason = untrusted
         if reason is not None or part is None:
-            report.objects.append(ObjectReport(name, 0, 0, float("nan"), failure=reason, untrusted=untrusted))
+            report.objects.append(
+                ObjectReport(name, 0, 0, float("nan"), int(visible.sum()), stability, reason, untrusted=untrusted)
+            )
             relabelled[labels == k] = config.ignore_label
             continue
         relabelled[labels == k] = len(objects)
@@ -291,6 +304,8 @@ def assemble_scene(
                 int(registered[-1].sum()),
                 len(part),
                 float(box.sfm.keypoint_error[kept[box.sfm.keypoint_frame]].mean()),
+                int(visible.sum()),
+                stability,
                 unregistered=_frame_failures_by_reason(box.sfm.frame_failures, kept),
                 untrusted=untrusted,
             )
@@ -404,6 +419,11 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
     check_visible(labels, names, report.mask_source)
     with _timed(report, "tracks"):
         tracks = build_tracks(frames.images, flow, labels, config.ignore_label, config.flow, config.tracks)
+    if config.features.enabled:
+        with _timed(report, "features"):
+            interiors = [interior_labels(frame, config.tracks.mask_margin, config.ignore_label) for frame in labels]
+            features = extract_features(frames.images, interiors, config.features)
+            tracks = merge_tracks(tracks, feature_tracks(features, len(names), config.features, flow))
     camera = _initial_camera(config, frames)
     estimate = config.focal_length is None
     with _timed(report, "sfm"):
@@ -442,20 +462,26 @@ def summary_table(report: ProcessReport) -> Table:
         f"{scene.num_objects} objects"
     )
     table = Table(title=title, title_justify="left")
-    for column in ("object", "registered frames", "keypoints", "mean reproj. error (px)", "notes"):
+    columns = ("object", "registered / visible", "keypoints", "reproj. error (px)", "halves differ (deg)", "notes")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("object", "notes") else "right")
     for obj in report.objects:
+        stability = "-" if np.isnan(obj.half_disagreement_deg) else f"{obj.half_disagreement_deg:.1f}"
         if obj.failure is not None:
-            table.add_row(Text(obj.name), "-", "-", "-", Text(f"left out: {obj.failure}", style="red"))
+            table.add_row(
+                Text(obj.name), f"0/{obj.visible_frames}", "-", "-", stability,
+                Text(f"left out: {obj.failure}", style="red"),
+            )
             continue
         notes = "; ".join(f"not in frames {_frames_text(f)}: {reason}" for reason, f in obj.unregistered.items())
         if obj.untrusted is not None:
             notes = f"KEPT (--trust.keep-untrusted) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")
         table.add_row(
             Text(obj.name, style="bold red" if obj.untrusted else ""),
-            f"{obj.registered_frames}/{scene.num_frames}",
+            f"{obj.registered_frames}/{obj.visible_frames}",
             str(obj.keypoints),
             f"{obj.reprojection_error:.2f}",
+            stability,
             Text(notes, style="bold red" if obj.untrusted else "yellow" if notes else ""),
         )
     return table

@@ -242,7 +242,7 @@ def reconstruct_object(
         raise SfMFailure(
             f"only {len(frames)} frame(s) have at least {config.min_frame_points} tracked points; SfM needs 2"
         )
-    pycolmap.logging.minloglevel = 2  # COLMAP's progress log is not for the command's user
+    pycolmap.logging.minloglevel = 3  # COLMAP's log is not for the command's user; failures raise SfMFailure
     with tempfile.TemporaryDirectory(prefix="osn-sfm-") as work:
         work_dir = Path(work)
         database = work_dir / "database.db"
@@ -283,6 +283,8 @@ class ObjectBox:
     sfm: ObjectSfM
     bbox_min: np.ndarray
     bbox_max: np.ndarray
+    half_disagreement_deg: float = float("nan")
+    """Stability of the reconstruction (``process/trust.py``: ``half_disagreement``); NaN when not measured."""
 
 
 def to_object_frame(sfm: ObjectSfM, margin: float = 0.1, percentile: float = 1.0) -> ObjectBox:
