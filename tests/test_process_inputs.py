@@ -165,6 +165,8 @@ def test_authors_dataset_imports_as_the_same_scene(demo, tmp_path):
     for v in range(DEMO.num_frames):
         assert np.array_equal(scene.load_mask(v), demo.load_mask(v))
     assert [o.registered_frames for o in report.objects] == demo.registered.sum(axis=1).tolist()
+    masks = np.stack([demo.load_mask(v) for v in range(DEMO.num_frames)])
+    assert [o.visible_frames for o in report.objects] == [int((masks == k).any(axis=(1, 2)).sum()) for k in range(3)]
 
 
 def test_authors_dataset_with_a_missing_array_is_named(demo, tmp_path):

@@ -185,7 +185,13 @@ def import_authors_dataset(config: ImportAuthors) -> ProcessReport:
         },
     )
     report.objects = [
-        ObjectReport(name, int(part[1].sum()), int((scene.keypoints.object_id == k).sum()), part[4])
+        ObjectReport(
+            name,
+            int(part[1].sum()),
+            int((scene.keypoints.object_id == k).sum()),
+            part[4],
+            visible_frames=int((labels == k).any(axis=(1, 2)).sum()),
+        )
         for k, (name, part) in enumerate(zip(names, parts))
     ]
 

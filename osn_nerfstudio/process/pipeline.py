@@ -283,7 +283,7 @@ def assemble_scene(
                     registered=sfm.registered[kept],
                     keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]],
                 )
-                signals = trust_signals(kept_sfm, visible, box.half_disagreement_deg)
+                signals = trust_signals(kept_sfm, visible, stability)
                 untrusted = untrusted_reason(signals, config.trust)
                 if untrusted is not None and not config.trust.keep_untrusted:
                     reason = untrusted
