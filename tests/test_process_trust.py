@@ -5,6 +5,8 @@ tracks are compared with its own, so that an unstable one is caught even when it
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -172,4 +174,8 @@ def test_default_demo_leaves_out_the_untrusted_small_objects(default_demo):
         for name in ("sphere", "cylinder"):
             assert np.all(mask[truth_mask == names.index(name)] == scene.mask_ignore_label)
     assert scene.provenance["objects"][2]["untrusted"].startswith("untrusted registration")
+    # strict JSON: what was not measured (the sphere's halves, its reprojection error) is null, not NaN
+    data = json.loads((scene.root / "scene.json").read_text(), parse_constant=lambda value: pytest.fail(value))
+    sphere = data["provenance"]["objects"][2]
+    assert sphere["half_disagreement_deg"] is None and sphere["visible_frames"] == 37
     assert "untrusted" in str([c._cells for c in summary_table(report).columns])

@@ -347,7 +347,7 @@ def _provenance(config: ProcessDataConfig, report: ProcessReport) -> dict:
         "masks": report.mask_source,
         "intrinsics": report.camera_source,
         "settings": _settings(config),
-        "objects": [asdict(o) for o in report.objects],
+        "objects": [{k: None if v != v else v for k, v in asdict(o).items()} for o in report.objects],  # NaN: null
         "dropped_frames": report.dropped_frames,
         "stage_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
     }
