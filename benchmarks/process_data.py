@@ -14,7 +14,9 @@ Per object: registered frames of the frames where its true mask has pixels; keyp
 and max, degrees) and camera-centre error (median, as a percentage of the object's largest true box side: the
 room's for the background) after the best similarity alignment of the camera centres; and the depth-ratio
 spread, the interquartile range over the median of own / true depth at its keypoints (0 for a correct
-reconstruction, whose unit is one number).
+reconstruction, whose unit is one number). The rotation error is also given after the best rotation alignment alone
+(``rotation_disagreement_deg``): on a short or nearly straight arc of camera centres the similarity leaves the
+rotation about the arc free.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from machine import load_average, machine_info
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.scene_format import Scene, read_depth
 from osn_nerfstudio.data.validation import load_scene
-from osn_nerfstudio.process.evaluation import depth_ratio_spread, trajectory_error
+from osn_nerfstudio.process.evaluation import depth_ratio_spread, rotation_disagreement_deg, trajectory_error
 from osn_nerfstudio.process.features import FeatureConfig
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, ProcessReport, process_video
@@ -84,6 +86,7 @@ def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
 
 
 COLUMNS = ("object", "registered / visible", "keypoints", "rotation error median / max (deg)",
+           "rotation error, rotations aligned, median (deg)",
            "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "untrusted")
 
 
@@ -98,11 +101,13 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         visible = int(np.any(labels == truth_k, axis=(1, 2)).sum())
         if name not in processed:
             reason = next((o.failure for o in report.objects if o.name == name and o.failure), "")
-            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | {reason} |")
+            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | | {reason} |")
             continue
         k = processed.index(name)
         registered = scene.registered[k]
         error = trajectory_error(scene.camera_to_object[k][registered], truth.camera_to_object[truth_k][registered])
+        rotations = (scene.camera_to_object[k][registered, :3, :3], truth.camera_to_object[truth_k][registered, :3, :3])
+        aligned = float(np.median(rotation_disagreement_deg(*rotations)))
         size = float(np.max(truth.objects[truth_k].bbox_max - truth.objects[truth_k].bbox_min))
         kp = scene.keypoints.select(scene.keypoints.object_id == k)
         px = np.floor(kp.uv).astype(int)
@@ -112,7 +117,7 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         stability = next(o.half_disagreement_deg for o in report.objects if o.name == name)
         rows.append(
             f"| {name} | {registered.sum()} / {visible} | {len(kp)} | "
-            f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | "
+            f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | {aligned:.2f} | "
             f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | "
             f"{'yes' if untrusted else 'no'} |"
         )

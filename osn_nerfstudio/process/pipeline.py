@@ -163,13 +163,6 @@ def _initial_camera(config: ProcessDataConfig, frames: Frames) -> PinholeCamera:
     return PinholeCamera(width=width, height=height, fx=focal, fy=focal, cx=width / 2, cy=height / 2)
 
 
-def _object_tracks(tracks: Tracks, k: int) -> Tracks:
-    rows = tracks.object_id == k
-    return Tracks(
-        track=tracks.track[rows], frame=tracks.frame[rows], uv=tracks.uv[rows], track_object=tracks.track_object
-    )
-
-
 def _reconstruct_all(
     tracks: Tracks,
     names: List[str],
@@ -186,7 +179,7 @@ def _reconstruct_all(
         for k, name in enumerate(names):
             start = time.perf_counter()
             try:
-                own = _object_tracks(tracks, k)
+                own = tracks.observations(tracks.object_id == k)
                 sfm = reconstruct_object(own, camera, num_frames, config.sfm, estimate_intrinsics and k == 0)
                 if k == 0:
                     camera = sfm.camera

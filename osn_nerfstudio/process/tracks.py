@@ -65,6 +65,10 @@ class Tracks:
     def num_tracks(self) -> int:
         return int(self.track_object.shape[0])
 
+    def observations(self, rows: np.ndarray) -> "Tracks":
+        """The observations ``rows`` ([M] bool) of these tracks, track indices unchanged."""
+        return Tracks(track=self.track[rows], frame=self.frame[rows], uv=self.uv[rows], track_object=self.track_object)
+
     def lengths(self) -> np.ndarray:
         """[T] number of frames each track is seen in."""
         return np.bincount(self.track, minlength=self.num_tracks)

@@ -88,9 +88,8 @@ def half_disagreement(
     for _ in range(splits):
         half = rng.random(tracks.num_tracks) < 0.5
         for side in (half, ~half):
-            rows = side[tracks.track]
             try:
-                part = reconstruct(Tracks(tracks.track[rows], tracks.frame[rows], tracks.uv[rows], tracks.track_object))
+                part = reconstruct(tracks.observations(side[tracks.track]))
             except SfMFailure:
                 continue
             both = part.registered & full.registered
