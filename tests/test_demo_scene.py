@@ -176,6 +176,25 @@ def test_exact_valid_set_holds_the_truth_and_every_configuration_that_explains_e
             assert not exact.contains(moved[None]).any(), (k, factor)
 
 
+def test_exact_cache_keeps_only_the_chosen_pixels(clean):
+    import numpy as np
+    import torch
+
+    from osn_nerfstudio.data.ground_truth import exact_cache
+
+    scene, _ = clean
+    full = exact_cache(scene)
+    shape = (scene.num_frames, scene.camera.height, scene.camera.width)
+    assert torch.equal(exact_cache(scene, np.ones(shape, dtype=bool)).depth, full.depth)
+    assert len(exact_cache(scene, np.zeros(shape, dtype=bool)).label) == 0
+    first = np.zeros(shape, dtype=bool)
+    first[0] = True  # the first frame's contested pixels come first in the full cache, in the same order
+    part = exact_cache(scene, first)
+    assert 0 < len(part.label) < len(full.label)
+    assert torch.equal(part.depth, full.depth[: len(part.label)])
+    assert torch.equal(part.label, full.label[: len(part.label)])
+
+
 def test_keypoint_depth_in_object_units_matches_ground_truth(clean):
     scene, world = clean
     kp = scene.keypoints

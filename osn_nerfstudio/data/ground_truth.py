@@ -8,6 +8,8 @@ set with it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from jaxtyping import Float
@@ -28,10 +30,10 @@ def amodal_depth(scene: Scene) -> np.ndarray:
     return read_amodal_depth(scene.path(scene.evaluation.amodal_depth))
 
 
-def exact_cache(scene: Scene) -> SupervisionCache:
+def exact_cache(scene: Scene, pixels: Optional[np.ndarray] = None) -> SupervisionCache:
     """The contested pixels of the whole video (the labelled object and another one cover it) with each object's
     true own-unit depth; accumulation 1 where an object covers a pixel, 0 elsewhere. Uncontested pixels are left
-    out: every configuration explains them."""
+    out: every configuration explains them. ``pixels`` ([F, H, W] bool) keeps only those pixels."""
     scales = scene.evaluation.relative_scales
     if scales is None:
         raise ValueError(f"{scene.root}: the scene has no evaluation.relative_scales.")
@@ -44,6 +46,8 @@ def exact_cache(scene: Scene) -> SupervisionCache:
         covered = np.isfinite(depth)
         label_covered = covered[np.arange(len(ids)), np.where(known, ids, 0)] & known
         contested = label_covered & (covered.sum(1) >= 2)
+        if pixels is not None:
+            contested &= pixels[v].reshape(-1)
         depths.append(depth[contested])
         labels.append(ids[contested])
     depth = torch.from_numpy(np.concatenate(depths)).double()
