@@ -38,8 +38,9 @@ class SfMConfig:
     """RANSAC inlier threshold (pixels) of the two-view geometric verification."""
     init_min_inliers: int = 30
     """Inlier matches the mapper's initial frame pair needs."""
-    init_min_tri_angle: float = 4.0
-    """Triangulation angle (degrees) the initial pair needs; video frames have small baselines."""
+    init_min_tri_angle: float = 16.0
+    """Triangulation angle (degrees) the initial pair needs (COLMAP's own default, which its mapper halves when no
+    pair qualifies). A narrow initial pair (4) set room-c's forward-moving camera 10 degrees off."""
     abs_pose_min_inliers: int = 10
     """Inliers a frame needs to be registered against the object's 3D points."""
     max_reprojection_error: float = 3.0
