@@ -1,4 +1,5 @@
-"""How far processed poses and keypoint depths are from a ground truth, or from another reconstruction.
+"""How far processed poses and keypoint depths are from a ground truth, or from another reconstruction, and the
+truth's evaluation carried onto a processed scene.
 
 Structure from motion recovers each object only up to a similarity (rotation, translation, scale), so
 trajectories are compared after the best similarity alignment, and depths after the best scale.
@@ -6,10 +7,25 @@ trajectories are compared after the best similarity alignment, and depths after 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+
+from osn_nerfstudio.data.scene_format import (
+    Evaluation,
+    Scene,
+    TestView,
+    read_amodal_depth,
+    read_depth,
+    read_mask,
+    write_amodal_depth,
+    write_depth,
+    write_mask,
+    write_scene_metadata,
+)
 
 
 def similarity_alignment(source: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
@@ -29,14 +45,29 @@ def rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
 
 
+def rotation_alignment(estimated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The [3, 3] rotation A minimising sum |reference_v - A estimated_v|^2 over [F, 3, 3] rotations."""
+    correlation = np.einsum("fij,fkj->ik", reference, estimated)
+    u, _, vt = np.linalg.svd(correlation)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
 def rotation_disagreement_deg(estimated: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """[F] angles (degrees) between [F, 3, 3] rotations after the one rotation A minimising
     sum |reference_v - A estimated_v|^2 (both sets of camera-to-object rotations may sit in different object frames).
     """
-    correlation = np.einsum("fij,fkj->ik", reference, estimated)
-    u, _, vt = np.linalg.svd(correlation)
-    align = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    return rotation_angle_deg(np.swapaxes(reference, -1, -2) @ align @ estimated)
+    return rotation_angle_deg(np.swapaxes(reference, -1, -2) @ rotation_alignment(estimated, reference) @ estimated)
+
+
+def pose_similarity(estimated: np.ndarray, truth: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
+    """(s, A, t) taking an estimated object frame onto the true one, x_true = s A x_estimated + t, from [F, 4, 4]
+    camera-to-object poses of the same frames: A aligns the camera rotations (well posed however straight the camera
+    path), then s and t fit the camera centres given A. Camera-to-object poses map as R -> A R, c -> s A c + t."""
+    rotation = rotation_alignment(estimated[:, :3, :3], truth[:, :3, :3])
+    moved, centres = estimated[:, :3, 3] @ rotation.T, truth[:, :3, 3]
+    a, b = moved - moved.mean(axis=0), centres - centres.mean(axis=0)
+    scale = float((a * b).sum() / (a**2).sum())
+    return scale, rotation, centres.mean(axis=0) - scale * moved.mean(axis=0)
 
 
 @dataclass
@@ -102,3 +133,63 @@ def depth_ratio_spread(estimated: np.ndarray, truth: np.ndarray) -> float:
     ratio = estimated / truth
     low, median, high = np.percentile(ratio, [25, 50, 75])
     return float((high - low) / median)
+
+
+def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
+    """``processed`` (an ``osn-process-data`` result of ``truth``'s frames) with ``truth``'s evaluation carried into its
+    own frames and units, written into its directory: the test views, each object's true relative scale and the
+    amodal depth, so that a run trained on the processed scene is scored on the same test views as one trained on
+    the truth.
+
+    The background's frame and unit come from :func:`pose_similarity` of its poses to the truth's; an object's true
+    relative scale is the truth's times its own similarity's scale over the background's. Test-view and amodal depths
+    are divided by the background's scale; labels of objects the processed scene left out become its ignore label.
+    Raises ``ValueError`` when the two scenes do not share their frames (times) and image size, or when the
+    processed scene already has an evaluation.
+    """
+    if truth.evaluation is None or truth.evaluation.relative_scales is None:
+        raise ValueError(f"{truth.root}: the truth has no evaluation with relative scales to carry over.")
+    same_size = (processed.camera.width, processed.camera.height) == (truth.camera.width, truth.camera.height)
+    if not same_size or not np.allclose(processed.times, truth.times):
+        raise ValueError(f"{processed.root}: its frames and image size must be the truth's ({truth.root}).")
+    processed.path("evaluation").mkdir(exist_ok=True)
+    if processed.evaluation is not None:
+        raise ValueError(f"{processed.root}: the scene already has an evaluation; it is not overwritten.")
+    names = [o.name for o in truth.objects]
+    index = [names.index(o.name) for o in processed.objects]  # truth index of each processed object
+    scales = []
+    for k, t in enumerate(index):
+        seen = processed.registered[k] & truth.registered[t]
+        scales.append(pose_similarity(processed.camera_to_object[k][seen], truth.camera_to_object[t][seen]))
+    background_scale, rotation, translation = scales[0]
+    relabel = np.full(1 << 16, processed.mask_ignore_label)  # masks hold 8- or 16-bit labels
+    relabel[index] = np.arange(len(index))
+    views = []
+    for i, view in enumerate(truth.evaluation.test_views):
+        pose = np.eye(4)
+        pose[:3, :3] = rotation.T @ view.camera_to_background[:3, :3]
+        pose[:3, 3] = rotation.T @ (view.camera_to_background[:3, 3] - translation) / background_scale
+        stem = f"evaluation/test_{i:03d}"
+        image = f"{stem}{Path(view.image).suffix}"
+        shutil.copyfile(truth.path(view.image), processed.path(image))
+        moved = TestView(image=image, time=view.time, camera_to_background=pose)
+        if view.mask is not None:
+            moved.mask = f"{stem}_mask.png"
+            write_mask(processed.path(moved.mask), relabel[read_mask(truth.path(view.mask))])
+        if view.depth is not None:
+            moved.depth = f"{stem}_depth.npy"
+            write_depth(processed.path(moved.depth), read_depth(truth.path(view.depth)) / background_scale)
+        if view.covisibility is not None:
+            moved.covisibility = f"{stem}_covisibility{Path(view.covisibility).suffix}"
+            shutil.copyfile(truth.path(view.covisibility), processed.path(moved.covisibility))
+        views.append(moved)
+    relative = np.array([truth.evaluation.relative_scales[t] * s / background_scale for t, (s, _, _) in
+                         zip(index, scales)])
+    evaluation = Evaluation(test_views=views, relative_scales=relative)
+    if truth.evaluation.amodal_depth is not None:
+        evaluation.amodal_depth = "evaluation/amodal_depth.npy"
+        amodal = read_amodal_depth(truth.path(truth.evaluation.amodal_depth))
+        write_amodal_depth(processed.path(evaluation.amodal_depth), amodal[index] / background_scale)
+    result = replace(processed, evaluation=evaluation)
+    write_scene_metadata(result)
+    return result
