@@ -135,14 +135,26 @@ def depth_ratio_spread(estimated: np.ndarray, truth: np.ndarray) -> float:
     return float((high - low) / median)
 
 
+def _anchored(view: TestView, truth: Scene, processed: Scene, anchors: np.ndarray, scale: float) -> np.ndarray:
+    """A test view's camera-to-background pose moved into the processed background: kept where it is relative to the
+    training camera nearest in time (among the frames ``anchors``), the offset divided by the unit ``scale``. A
+    reconstruction a little bent over the video still shows each test view what its neighbouring frame shows; one
+    similarity for the whole path would turn it by the bend."""
+    v = anchors[np.argmin(np.abs(truth.times[anchors] - view.time))]
+    relative = np.linalg.inv(truth.camera_to_object[0][v]) @ view.camera_to_background
+    relative[:3, 3] /= scale
+    return processed.camera_to_object[0][v] @ relative
+
+
 def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
     """``processed`` (an ``osn-process-data`` result of ``truth``'s frames) with ``truth``'s evaluation carried into its
     own frames and units, written into its directory: the test views, each object's true relative scale and the
     amodal depth, so that a run trained on the processed scene is scored on the same test views as one trained on
     the truth.
 
-    The background's frame and unit come from :func:`pose_similarity` of its poses to the truth's; an object's true
-    relative scale is the truth's times its own similarity's scale over the background's. Test-view and amodal depths
+    Each test view keeps its pose relative to the training camera nearest in time (the background's unit from
+    :func:`pose_similarity` of its poses to the truth's); an object's true relative scale is the truth's times its own
+    similarity's scale over the background's. Test-view and amodal depths
     are divided by the background's scale; labels of objects the processed scene left out become its ignore label.
     Raises ``ValueError`` when the two scenes do not share their frames (times) and image size, or when the
     processed scene already has an evaluation.
@@ -161,14 +173,13 @@ def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
     for k, t in enumerate(index):
         seen = processed.registered[k] & truth.registered[t]
         scales.append(pose_similarity(processed.camera_to_object[k][seen], truth.camera_to_object[t][seen]))
-    background_scale, rotation, translation = scales[0]
+    background_scale = scales[0][0]
     relabel = np.full(1 << 16, processed.mask_ignore_label)  # masks hold 8- or 16-bit labels
     relabel[index] = np.arange(len(index))
+    anchors = np.flatnonzero(processed.registered[0] & truth.registered[0])
     views = []
     for i, view in enumerate(truth.evaluation.test_views):
-        pose = np.eye(4)
-        pose[:3, :3] = rotation.T @ view.camera_to_background[:3, :3]
-        pose[:3, 3] = rotation.T @ (view.camera_to_background[:3, 3] - translation) / background_scale
+        pose = _anchored(view, truth, processed, anchors, background_scale)
         stem = f"evaluation/test_{i:03d}"
         image = f"{stem}{Path(view.image).suffix}"
         shutil.copyfile(truth.path(view.image), processed.path(image))
