@@ -6,7 +6,9 @@
 scene the units are the truth's, so the raw error can be read too. Per test view (co-visible pixels): the median scale
 of that alignment, the aligned and the raw abs. rel., then for the background's pixels by quartile of their true depth
 the raw relative error (median) and the share more than 10 % short, and how many training frames hold in their view
-the surface of those short pixels against the others (occlusion ignored): whether the wrong surfaces were seen.
+the surface of those short pixels against the others (occlusion ignored): whether the wrong surfaces were seen; and,
+on 64 of the short pixels, how much of the background's own render weight lies more than 10 % in front of the true
+surface and how far its heaviest sample is from it: fog in front of a right surface, or a misplaced surface.
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ def frames_seeing(scene, view_pose: np.ndarray, depth: np.ndarray) -> np.ndarray
     return count
 
 
+@torch.no_grad()
+def weight_in_front(model, camera, pixels: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
+    """For the background alone on the rays of ``pixels`` ([N, 2] rows, columns) of a test camera: the median share
+    of its render weight more than 10 % in front of the true surface, and the median relative error of its heaviest
+    sample's distance (is the surface misplaced, or fogged over?)."""
+    rays = camera.generate_rays(camera_indices=0, keep_shape=True)[torch.from_numpy(pixels[:, 0]),
+                                                                     torch.from_numpy(pixels[:, 1])]
+    samples, _ = model.sample_objects(rays, model.scales_per_ray(len(rays), rays.origins.device))
+    starts, ends, density = (x[:, 0].cpu().numpy() for x in (samples.starts, samples.ends, samples.density))
+    alpha = 1.0 - np.exp(-density * (ends - starts))
+    weight = alpha * np.cumprod(np.concatenate([np.ones((len(alpha), 1)), 1.0 - alpha[:, :-1]], axis=1), axis=1)
+    middle = (starts + ends) / 2
+    # true distance along each ray: the true z-depth over the ray's z component in the camera
+    local = rays.directions.cpu().numpy() @ camera.camera_to_worlds[0, :3, :3].cpu().numpy()
+    distance = depth[pixels[:, 0], pixels[:, 1]] / np.abs(local[:, 2])
+    in_front = (weight * (middle < 0.9 * distance[:, None])).sum(axis=1)
+    peak = middle[np.arange(len(middle)), weight.argmax(axis=1)]
+    return float(np.median(in_front)), float(np.median(peak / distance - 1.0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -47,8 +69,9 @@ def main() -> None:
     print(f"# Test-view depth at the truth: {args.run} (step {step})\n")
     print(f"Machine: {machine_info()}; load average {load_average()}\n")
     print("| view | median scale | abs. rel. aligned / raw | background by quartile of true depth: raw error "
-          "median, share > 10 % short | training frames seeing short / other pixels |")
-    print("|---|---|---|---|---|")
+          "median, share > 10 % short | training frames seeing short / other pixels | short pixels (64 drawn): "
+          "weight > 10 % in front, heaviest sample's error |")
+    print("|---|---|---|---|---|---|")
     with torch.no_grad(), model.evaluating(), model.at_configuration(model.true_scales):
         for index, (camera, batch) in enumerate(pipeline.datamanager.fixed_indices_eval_dataloader):
             if index not in args.views:
@@ -71,8 +94,11 @@ def main() -> None:
             seeing = frames_seeing(scene, scene.evaluation.test_views[index].camera_to_background, truth)
             short = background & (raw < -0.1)
             counts = "/".join(f"{np.median(seeing[m]):.0f}" if m.any() else "-" for m in (short, background & ~short))
+            drawn = np.argwhere(short)
+            drawn = drawn[np.random.default_rng(0).permutation(len(drawn))[:64]]
+            fog = "-" if len(drawn) == 0 else "{:.2f}, {:+.3f}".format(*weight_in_front(model, camera, drawn, truth))
             print(f"| {index} | {scale:.3f} | {aligned.mean():.3f} / {np.abs(raw[valid]).mean():.3f} "
-                  f"| {'; '.join(quartiles)} | {counts} |")
+                  f"| {'; '.join(quartiles)} | {counts} | {fog} |")
 
 
 if __name__ == "__main__":
