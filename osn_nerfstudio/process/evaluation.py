@@ -154,19 +154,18 @@ def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
 
     Each test view keeps its pose relative to the training camera nearest in time (the background's unit from
     :func:`pose_similarity` of its poses to the truth's); an object's true relative scale is the truth's times its own
-    similarity's scale over the background's. Test-view and amodal depths
-    are divided by the background's scale; labels of objects the processed scene left out become its ignore label.
-    Raises ``ValueError`` when the two scenes do not share their frames (times) and image size, or when the
-    processed scene already has an evaluation.
+    similarity's scale over the background's. Test-view and amodal depths are divided by the background's scale;
+    labels of objects the processed scene left out become its ignore label. Raises ``ValueError`` when the two scenes
+    do not share their frames (times) and image size, or when the processed scene already has an evaluation.
     """
     if truth.evaluation is None or truth.evaluation.relative_scales is None:
         raise ValueError(f"{truth.root}: the truth has no evaluation with relative scales to carry over.")
     same_size = (processed.camera.width, processed.camera.height) == (truth.camera.width, truth.camera.height)
     if not same_size or not np.allclose(processed.times, truth.times):
         raise ValueError(f"{processed.root}: its frames and image size must be the truth's ({truth.root}).")
-    processed.path("evaluation").mkdir(exist_ok=True)
     if processed.evaluation is not None:
         raise ValueError(f"{processed.root}: the scene already has an evaluation; it is not overwritten.")
+    processed.path("evaluation").mkdir(exist_ok=True)
     names = [o.name for o in truth.objects]
     index = [names.index(o.name) for o in processed.objects]  # truth index of each processed object
     scales = []
