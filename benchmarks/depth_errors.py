@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from machine import load_average, machine_info
+from osn_nerfstudio.core.compositing import render_alone
 from quality import load_run
 
 
@@ -47,10 +48,8 @@ def weight_in_front(model, camera, pixels: np.ndarray, depth: np.ndarray) -> tup
     rays = camera.generate_rays(camera_indices=0, keep_shape=True)[torch.from_numpy(pixels[:, 0]),
                                                                      torch.from_numpy(pixels[:, 1])]
     samples, _ = model.sample_objects(rays, model.scales_per_ray(len(rays), rays.origins.device))
-    starts, ends, density = (x[:, 0].cpu().numpy() for x in (samples.starts, samples.ends, samples.density))
-    alpha = 1.0 - np.exp(-density * (ends - starts))
-    weight = alpha * np.cumprod(np.concatenate([np.ones((len(alpha), 1)), 1.0 - alpha[:, :-1]], axis=1), axis=1)
-    middle = (starts + ends) / 2
+    weight = render_alone(samples).weights[:, 0].cpu().numpy()
+    middle = samples.midpoints[:, 0].cpu().numpy()
     # true distance along each ray: the true z-depth over the ray's z component in the camera
     local = rays.directions.cpu().numpy() @ camera.camera_to_worlds[0, :3, :3].cpu().numpy()
     distance = depth[pixels[:, 0], pixels[:, 1]] / np.abs(local[:, 2])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -124,18 +124,29 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
     return rows
 
 
+def user_settings(truth: Scene, frame_rate: float, work: Path, output_dir: Path) -> ProcessDataConfig:
+    """What a user would run on ``truth``'s video: its frames and masks (exported into ``work``), object names, true
+    focal length and frame rate, every other setting the command's default."""
+    frames, masks = export_inputs(truth, work)
+    return ProcessDataConfig(
+        data=frames,
+        output_dir=output_dir,
+        masks=masks,
+        object_names=[o.name for o in truth.objects[1:]],
+        focal_length=truth.camera.fx,
+        sampling=FrameSamplingConfig(frame_rate=frame_rate),
+    )
+
+
 def process(truth: Scene, frame_rate: float, work: Path, config: BenchmarkConfig) -> ProcessReport:
     """osn-process-data on the truth's frames and masks, ``config.repeats`` times; the fastest run's report."""
-    frames, masks = export_inputs(truth, work)
+    user = user_settings(truth, frame_rate, work, work / "scene-0")
     reports: List[ProcessReport] = []
     for i in range(config.repeats):
-        settings = ProcessDataConfig(
-            data=frames,
+        settings = replace(
+            user,
             output_dir=work / f"scene-{i}",
-            masks=masks,
-            object_names=[o.name for o in truth.objects[1:]],
-            focal_length=None if config.estimate_focal else truth.camera.fx,
-            sampling=FrameSamplingConfig(frame_rate=frame_rate),
+            focal_length=None if config.estimate_focal else user.focal_length,
             preview=i == 0,
             trust=TrustConfig(keep_untrusted=True),
             features=FeatureConfig(enabled=config.features),

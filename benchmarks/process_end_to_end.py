@@ -23,17 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from process_data import export_inputs, truth_scene
+from process_data import truth_scene, user_settings
 
 from machine import load_average, machine_info
 from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.evaluation import transfer_evaluation
-from osn_nerfstudio.process.frames import FrameSamplingConfig
-from osn_nerfstudio.process.pipeline import ProcessDataConfig, process_video
+from osn_nerfstudio.process.pipeline import process_video
 from quality import closest_in_groups, evaluate_at, load_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,18 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 def processed_scene(name: str, work: Path):
     """(truth, processed scene with the truth's evaluation, process report) for scene ``name``."""
     truth, frame_rate = truth_scene(name, work)
-    frames, masks = export_inputs(truth, work)
-    report = process_video(
-        ProcessDataConfig(
-            data=frames,
-            output_dir=work / "processed",
-            masks=masks,
-            object_names=[o.name for o in truth.objects[1:]],
-            focal_length=truth.camera.fx,
-            sampling=FrameSamplingConfig(frame_rate=frame_rate),
-            preview=False,
-        )
-    )
+    report = process_video(replace(user_settings(truth, frame_rate, work, work / "processed"), preview=False))
     return truth, transfer_evaluation(load_scene(work / "processed"), truth), report
 
 

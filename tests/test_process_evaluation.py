@@ -22,12 +22,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def _similarity(scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = scale * rotation, translation
-    return m
-
-
 def _estimated(truth_poses: np.ndarray, scale: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """Camera-to-object poses in a frame where x_true = scale * rotation @ x + translation (camera axes unscaled)."""
     poses = truth_poses.copy()
