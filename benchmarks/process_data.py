@@ -63,6 +63,8 @@ class BenchmarkConfig:
     """Let the background's SfM estimate the focal length instead of giving the true one."""
     features: bool = False
     """Add SIFT feature tracks (``--features.enabled``)."""
+    silhouettes: bool = False
+    """Register every foreground object from its silhouettes (``--silhouettes.prefer``), to score that registration."""
 
 
 def truth_scene(name: str, work: Path) -> Tuple[Scene, float]:
@@ -87,7 +89,7 @@ def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
 
 COLUMNS = ("object", "registered / visible", "keypoints", "rotation error median / max (deg)",
            "rotation error, rotations aligned, median (deg)",
-           "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "untrusted")
+           "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "from", "untrusted")
 
 
 def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str]:
@@ -101,7 +103,7 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         visible = int(np.any(labels == truth_k, axis=(1, 2)).sum())
         if name not in processed:
             reason = next((o.failure for o in report.objects if o.name == name and o.failure), "")
-            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | | {reason} |")
+            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | | | {reason} |")
             continue
         k = processed.index(name)
         registered = scene.registered[k]
@@ -115,10 +117,11 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         spread = depth_ratio_spread(kp.depth[on_object], depth[kp.frame, px[:, 1], px[:, 0]][on_object])
         untrusted = next((o.untrusted for o in report.objects if o.name == name and o.untrusted), None)
         stability = next(o.half_disagreement_deg for o in report.objects if o.name == name)
+        source = next(o.source for o in report.objects if o.name == name)
         rows.append(
             f"| {name} | {registered.sum()} / {visible} | {len(kp)} | "
             f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | {aligned:.2f} | "
-            f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | "
+            f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | {source} | "
             f"{'yes' if untrusted else 'no'} |"
         )
     return rows
@@ -150,6 +153,7 @@ def process(truth: Scene, frame_rate: float, work: Path, config: BenchmarkConfig
             preview=i == 0,
             trust=TrustConfig(keep_untrusted=True),
             features=FeatureConfig(enabled=config.features),
+            silhouettes=replace(user.silhouettes, prefer=config.silhouettes),
         )
         start = time.perf_counter()
         reports.append(process_video(settings))

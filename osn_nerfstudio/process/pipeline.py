@@ -45,8 +45,20 @@ from osn_nerfstudio.process.masks import check_visible, read_user_masks
 from osn_nerfstudio.process.preview import write_preview
 from osn_nerfstudio.process.sam import download_advice, sam_masks
 from osn_nerfstudio.process.sfm import ObjectBox, SfMConfig, SfMFailure, reconstruct_object, to_object_frame
+from osn_nerfstudio.process.silhouettes import (
+    SilhouetteConfig,
+    measure_silhouettes,
+    register_from_silhouettes,
+    silhouette_box,
+)
 from osn_nerfstudio.process.tracks import TrackConfig, Tracks, build_tracks, interior_labels
-from osn_nerfstudio.process.trust import TrustConfig, half_disagreement, trust_signals, untrusted_reason
+from osn_nerfstudio.process.trust import (
+    TrustConfig,
+    half_disagreement,
+    silhouette_untrusted_reason,
+    trust_signals,
+    untrusted_reason,
+)
 
 TOOL_NAME = "osn-process-data"
 PREVIEW_FILE = "preview.png"
@@ -86,6 +98,8 @@ class ProcessDataConfig:
     tracks: TrackConfig = field(default_factory=TrackConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     sfm: SfMConfig = field(default_factory=SfMConfig)
+    silhouettes: SilhouetteConfig = field(default_factory=SilhouetteConfig)
+    """Registration from mask outlines for foreground objects whose SfM fails or is untrusted."""
     trust: TrustConfig = field(default_factory=TrustConfig)
     """When a foreground object's registration is untrusted (left out, or kept with a warning)."""
     box_margin: float = 0.1
@@ -113,6 +127,12 @@ class ObjectReport:
     """Reason -> frames (of the written scene) where the object is not registered."""
     untrusted: Optional[str] = None
     """Why its registration cannot be trusted (it is left out unless ``--trust.keep-untrusted``)."""
+    source: str = "SfM"
+    """How it was registered: "SfM" or "silhouettes" (from its mask outlines and tracks)."""
+    sfm_problem: Optional[str] = None
+    """Registered from silhouettes: why SfM's registration was not used."""
+    turn_measured: float = float("nan")
+    """Registered from silhouettes: share of its frames whose turn from the previous frame its tracks measured."""
 
 
 @dataclass
@@ -204,6 +224,82 @@ def _reconstruct_all(
     return results, failures, camera
 
 
+def _sfm_untrusted(box: ObjectBox, visible: np.ndarray, kept: np.ndarray, config: ProcessDataConfig) -> Optional[str]:
+    """Why a foreground object's SfM cannot be trusted on the ``kept`` frames [F] (it is ``visible`` [F'] there)."""
+    sfm = box.sfm
+    new_index = np.cumsum(kept) - 1
+    kept_sfm = replace(
+        sfm,
+        registered=sfm.registered[kept],
+        keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]],
+    )
+    return untrusted_reason(trust_signals(kept_sfm, visible, box.half_disagreement_deg), config.trust)
+
+
+def _register_from_silhouettes(
+    tracks: Tracks, labels: np.ndarray, k: int, camera: PinholeCamera, background: ObjectBox, config: ProcessDataConfig
+) -> ObjectBox:
+    """Object k registered from its outlines and tracks (``process/silhouettes.py``), judged by ``process/trust.py``."""
+    own = tracks.observations(tracks.object_id == k)
+    silhouettes = measure_silhouettes(labels, k, config.ignore_label, config.silhouettes.shrink_tolerance)
+
+    def register(part: Tracks):
+        return register_from_silhouettes(part, silhouettes, camera, background.sfm.camera_to_object, config.silhouettes)
+
+    registration = register(own)
+    box = silhouette_box(registration, config.box_margin)
+    box.source = "silhouettes"
+    frames = registration.sfm.registered
+    box.turn_measured = float(registration.turn_measured[frames].mean())
+    box.half_disagreement_deg = half_disagreement(
+        own, registration.sfm, lambda part: register(part).sfm, config.trust.stability_splits, seed=config.sfm.seed
+    )
+    box.untrusted = silhouette_untrusted_reason(box.turn_measured, box.half_disagreement_deg, config.trust)
+    return box
+
+
+def _judge_foreground(
+    tracks: Tracks,
+    labels: np.ndarray,
+    names: List[str],
+    results: Dict[int, ObjectBox],
+    failures: Dict[int, str],
+    camera: PinholeCamera,
+    config: ProcessDataConfig,
+    report: ProcessReport,
+) -> Dict[int, str]:
+    """Judge every foreground SfM registration; where SfM failed or is untrusted, register from silhouettes.
+
+    Updates ``results`` and ``failures`` in place; returns, per object registered from silhouettes, why its SfM was
+    not used. A silhouette registration replaces an SfM one only when it is trusted (always with
+    ``--silhouettes.prefer``).
+    """
+    kept = results[0].sfm.registered
+    sfm_problems: Dict[int, str] = {}
+    for k in range(1, len(names)):
+        visible = (labels[kept] == k).any(axis=(1, 2))
+        if k in results:
+            results[k].untrusted = _sfm_untrusted(results[k], visible, kept, config)
+        sfm_trusted = k in results and results[k].untrusted is None
+        wanted = config.silhouettes.prefer or (config.silhouettes.enabled and not sfm_trusted)
+        if not wanted:
+            continue
+        start = time.perf_counter()
+        try:
+            box = _register_from_silhouettes(tracks, labels, k, camera, results[0], config)
+        except SfMFailure as err:
+            if k in failures:
+                failures[k] += f"; from its silhouettes: {err}"
+            continue
+        finally:
+            report.sfm_seconds[names[k]] = report.sfm_seconds.get(names[k], 0.0) + time.perf_counter() - start
+        if k in results and box.untrusted is not None and not config.silhouettes.prefer:
+            continue
+        sfm_problems[k] = failures.pop(k, None) or results[k].untrusted or "not used (--silhouettes.prefer)"
+        results[k] = box
+    return sfm_problems
+
+
 # ----------------------------------------------------------------------------------------- scene assembly
 
 
@@ -243,13 +339,16 @@ def assemble_scene(
     camera: PinholeCamera,
     config: ProcessDataConfig,
     report: ProcessReport,
+    sfm_problems: Optional[Dict[int, str]] = None,
 ) -> Tuple[Scene, Frames, np.ndarray]:
     """The scene's metadata, the kept frames and their labels.
 
     Frames where the background is not registered are dropped (the background must be known in every
-    frame); objects without a registered frame, or whose registration is untrusted (``process/trust.py``;
-    kept with ``--trust.keep-untrusted``), are dropped and their pixels become unknown.
+    frame); objects without a registered frame, or whose registration is untrusted (``ObjectBox.untrusted``;
+    kept with ``--trust.keep-untrusted``), are dropped and their pixels become unknown. ``sfm_problems`` says, per
+    object registered from silhouettes, why its SfM was not used.
     """
+    sfm_problems = sfm_problems or {}
     kept = results[0].sfm.registered.copy()
     for v in np.flatnonzero(~kept):
         report.dropped_frames[frame_label(frames, int(v))] = results[0].sfm.frame_failures.get(int(v), "not registered")
@@ -270,19 +369,23 @@ def assemble_scene(
             if len(part) == 0:
                 reason = "registered only in frames that were dropped, or no keypoint inside the image"
             elif k > 0:  # the background is needed in every frame; its unregistered frames are dropped instead
-                sfm = box.sfm
-                kept_sfm = replace(
-                    sfm,
-                    registered=sfm.registered[kept],
-                    keypoint_frame=new_index[sfm.keypoint_frame[kept[sfm.keypoint_frame]]],
-                )
-                signals = trust_signals(kept_sfm, visible, stability)
-                untrusted = untrusted_reason(signals, config.trust)
+                untrusted = box.untrusted
                 if untrusted is not None and not config.trust.keep_untrusted:
                     reason = untrusted
         if reason is not None or part is None:
             report.objects.append(
-                ObjectReport(name, 0, 0, float("nan"), int(visible.sum()), stability, reason, untrusted=untrusted)
+                ObjectReport(
+                    name,
+                    0,
+                    0,
+                    float("nan"),
+                    int(visible.sum()),
+                    stability,
+                    reason,
+                    untrusted=untrusted,
+                    source="-" if box is None else box.source,
+                    sfm_problem=sfm_problems.get(k),
+                )
             )
             relabelled[labels == k] = config.ignore_label
             continue
@@ -301,6 +404,9 @@ def assemble_scene(
                 stability,
                 unregistered=_frame_failures_by_reason(box.sfm.frame_failures, kept),
                 untrusted=untrusted,
+                source=box.source,
+                sfm_problem=sfm_problems.get(k),
+                turn_measured=box.turn_measured,
             )
         )
     kept_frames = select_frames(frames, np.flatnonzero(kept))
@@ -421,6 +527,8 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
     estimate = config.focal_length is None
     with _timed(report, "sfm"):
         results, failures, camera = _reconstruct_all(tracks, names, camera, estimate, frames.num_frames, config, report)
+    with _timed(report, "silhouettes"):
+        sfm_problems = _judge_foreground(tracks, labels, names, results, failures, camera, config, report)
     report.camera_source = (
         f"estimated by the background's SfM: fx = fy = {camera.fx:.2f} px"
         if estimate
@@ -429,7 +537,7 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
 
     def build(root: Path) -> None:
         scene, kept_frames, kept_labels = assemble_scene(
-            root, frames, labels, names, results, failures, camera, config, report
+            root, frames, labels, names, results, failures, camera, config, report, sfm_problems
         )
         scene.provenance = _provenance(config, report)
         with _timed(report, "write"):
@@ -455,22 +563,39 @@ def summary_table(report: ProcessReport) -> Table:
         f"{scene.num_objects} objects"
     )
     table = Table(title=title, title_justify="left")
-    columns = ("object", "registered / visible", "keypoints", "reproj. error (px)", "halves differ (deg)", "notes")
+    columns = (
+        "object",
+        "from",
+        "registered / visible",
+        "keypoints",
+        "reproj. error (px)",
+        "halves differ (deg)",
+        "notes",
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("object", "notes") else "right")
+        table.add_column(column, justify="left" if column in ("object", "from", "notes") else "right")
     for obj in report.objects:
         stability = "-" if np.isnan(obj.half_disagreement_deg) else f"{obj.half_disagreement_deg:.1f}"
         if obj.failure is not None:
             table.add_row(
-                Text(obj.name), f"0/{obj.visible_frames}", "-", "-", stability,
+                Text(obj.name),
+                obj.source,
+                f"0/{obj.visible_frames}",
+                "-",
+                "-",
+                stability,
                 Text(f"left out: {obj.failure}", style="red"),
             )
             continue
         notes = "; ".join(f"not in frames {_frames_text(f)}: {reason}" for reason, f in obj.unregistered.items())
+        if obj.sfm_problem is not None:
+            turns = f"turn measured in {100 * obj.turn_measured:.0f} % of its frames"
+            notes = f"from its silhouettes ({turns}); SfM: {obj.sfm_problem}" + (f"; {notes}" if notes else "")
         if obj.untrusted is not None:
             notes = f"KEPT (--trust.keep-untrusted) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")
         table.add_row(
             Text(obj.name, style="bold red" if obj.untrusted else ""),
+            obj.source,
             f"{obj.registered_frames}/{obj.visible_frames}",
             str(obj.keypoints),
             f"{obj.reprojection_error:.2f}",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pycolmap
@@ -286,6 +286,12 @@ class ObjectBox:
     bbox_max: np.ndarray
     half_disagreement_deg: float = float("nan")
     """Stability of the reconstruction (``process/trust.py``: ``half_disagreement``); NaN when not measured."""
+    source: str = "SfM"
+    """How it was registered: "SfM", or "silhouettes" (``process/silhouettes.py``)."""
+    untrusted: Optional[str] = None
+    """Why the registration is not trusted (``process/trust.py``), None when it is or was not judged."""
+    turn_measured: float = float("nan")
+    """Silhouette registration: share of its frames whose turn from the previous frame its tracks measured."""
 
 
 def to_object_frame(sfm: ObjectSfM, margin: float = 0.1, percentile: float = 1.0) -> ObjectBox:

@@ -123,3 +123,27 @@ def untrusted_reason(signals: TrustSignals, config: TrustConfig) -> Optional[str
         "untrusted registration: " + "; ".join(reasons) + ". Its tracks are too short or too few for a reliable pose "
         "(a wrong reconstruction can still have a small reprojection error): give larger frames or more texture"
     )
+
+
+def silhouette_untrusted_reason(
+    turn_measured: float, half_disagreement_deg: float, config: TrustConfig
+) -> Optional[str]:
+    """Why a registration from silhouettes (``process/silhouettes.py``) cannot be trusted, or None.
+
+    Its centres come from the masks in every frame; its rotations need tracks shared by consecutive frames
+    (``turn_measured``: the share of frames where they were) and must not depend on which tracks are used.
+    """
+    reasons: List[str] = []
+    if turn_measured < config.min_coverage:
+        reasons.append(
+            f"its turn is measured in only {100 * turn_measured:.0f} % of its frames (at least "
+            f"{100 * config.min_coverage:.0f} % needed; elsewhere its orientation is carried over)"
+        )
+    if half_disagreement_deg > config.max_half_disagreement:
+        reasons.append(
+            f"unstable: rotations from random halves of its tracks differ by {half_disagreement_deg:.1f} degrees "
+            f"(median; at most {config.max_half_disagreement:g} allowed)"
+        )
+    if not reasons:
+        return None
+    return "untrusted registration from silhouettes: " + "; ".join(reasons)
