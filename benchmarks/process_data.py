@@ -89,7 +89,8 @@ def export_inputs(truth: Scene, work: Path) -> Tuple[Path, Path]:
 
 COLUMNS = ("object", "registered / visible", "keypoints", "rotation error median / max (deg)",
            "rotation error, rotations aligned, median (deg)",
-           "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "from", "untrusted")
+           "centre error median (% of size)", "depth-ratio spread (%)", "halves differ (deg)", "from",
+           "turn ambiguity (deg)", "untrusted")
 
 
 def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str]:
@@ -103,7 +104,7 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         visible = int(np.any(labels == truth_k, axis=(1, 2)).sum())
         if name not in processed:
             reason = next((o.failure for o in report.objects if o.name == name and o.failure), "")
-            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | | | {reason} |")
+            rows.append(f"| {name} | left out: 0 / {visible} | | | | | | | | | {reason} |")
             continue
         k = processed.index(name)
         registered = scene.registered[k]
@@ -118,10 +119,12 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         untrusted = next((o.untrusted for o in report.objects if o.name == name and o.untrusted), None)
         stability = next(o.half_disagreement_deg for o in report.objects if o.name == name)
         source = next(o.source for o in report.objects if o.name == name)
+        ambiguity = next(o.turn_ambiguity_deg for o in report.objects if o.name == name)
         rows.append(
             f"| {name} | {registered.sum()} / {visible} | {len(kp)} | "
             f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | {aligned:.2f} | "
             f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | {source} | "
+            f"{ambiguity:.1f} | "
             f"{'yes' if untrusted else 'no'} |"
         )
     return rows

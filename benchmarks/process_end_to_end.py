@@ -1,7 +1,7 @@
 """Train on a processed scene and on the true poses with the same preset, and compare their novel views.
 
     python benchmarks/process_end_to_end.py [--scenes test-scene demo] [--preset configs/demo-cpu.yaml]
-        [--draws 5] [--work DIR] [--threads 1]
+        [--draws 5] [--work DIR] [--threads 1] [--silhouettes]
 
 For each scene (a demo scene, or an indoor benchmark scene, as ``benchmarks/process_data.py`` names them):
 ``osn-process-data`` on the truth's frames and masks alone (true focal length, default settings: untrusted objects
@@ -39,10 +39,13 @@ from quality import closest_in_groups, evaluate_at, load_run
 REPO = Path(__file__).resolve().parent.parent
 
 
-def processed_scene(name: str, work: Path):
-    """(truth, processed scene with the truth's evaluation, process report) for scene ``name``."""
+def processed_scene(name: str, work: Path, silhouettes: bool = False):
+    """(truth, processed scene with the truth's evaluation, process report) for scene ``name``; ``silhouettes``
+    registers objects SfM cannot from their silhouettes (``--silhouettes.enabled``)."""
     truth, frame_rate = truth_scene(name, work)
-    report = process_video(replace(user_settings(truth, frame_rate, work, work / "processed"), preview=False))
+    settings = user_settings(truth, frame_rate, work, work / "processed")
+    settings = replace(settings, preview=False, silhouettes=replace(settings.silhouettes, enabled=silhouettes))
+    report = process_video(settings)
     return truth, transfer_evaluation(load_scene(work / "processed"), truth), report
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="groups of 100 sampled configurations")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each training run")
+    parser.add_argument("--silhouettes", action="store_true", help="process with --silhouettes.enabled")
     args = parser.parse_args()
     work_root = args.work or Path(tempfile.mkdtemp(prefix="osn-end-to-end-"))
     print(f"# Processed scene against true poses, end to end ({args.preset.name})\n")
@@ -92,7 +96,7 @@ def main() -> None:
     for name in args.scenes:
         work = work_root / name
         work.mkdir(parents=True)
-        truth, processed, report = processed_scene(name, work)
+        truth, processed, report = processed_scene(name, work, args.silhouettes)
         kept = [o.name for o in processed.objects]
         left_out = [o.name for o in truth.objects if o.name not in kept]
         start = time.perf_counter()

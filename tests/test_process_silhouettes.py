@@ -200,12 +200,13 @@ def test_frames_without_the_background_or_the_object_are_not_registered(ball):
     assert not np.isin(registration.sfm.keypoint_frame, [4, 9]).any()
 
 
-def test_untrusted_reasons_of_a_silhouette_registration():
+def test_a_silhouette_registration_is_never_trusted_and_says_which_checks_fail():
     config = TrustConfig()
-    assert silhouette_untrusted_reason(0.9, 1.0, config) is None
-    assert "measured in only 30 %" in silhouette_untrusted_reason(0.3, 1.0, config)
-    assert "unstable" in silhouette_untrusted_reason(0.9, 7.5, config)
-    assert silhouette_untrusted_reason(0.9, float("nan"), config) is None
+    passes = silhouette_untrusted_reason(0.9, 1.0, 0.0, config)
+    assert "turn unverified" in passes and "passes the halves and ambiguity checks" in passes
+    assert "measured in only 30 %" in silhouette_untrusted_reason(0.3, 1.0, 0.0, config)
+    assert "unstable" in silhouette_untrusted_reason(0.9, 7.5, 0.0, config)
+    assert "ambiguous" in silhouette_untrusted_reason(0.9, 1.0, 28.6, config)
 
 
 @pytest.fixture(scope="module")
@@ -228,19 +229,17 @@ def small_demo(tmp_path_factory):
 def test_pipeline_registers_from_silhouettes_only_when_asked(small_demo):
     truth, config = small_demo
     report = process_video(config)  # default: off, and the box's SfM is trusted anyway
-    assert [o.source for o in report.objects] == ["SfM", "SfM"] and "silhouettes" in report.stage_seconds
+    assert [o.source for o in report.objects] == ["SfM", "SfM"] and "silhouettes" not in report.stage_seconds
     # enabled, it is tried only where SfM fails or is untrusted: not for this box
     enabled = replace(config, output_dir=config.output_dir.with_name("enabled"), silhouettes=SilhouetteConfig(True))
     assert [o.source for o in process_video(enabled).objects] == ["SfM", "SfM"]
     preferred = replace(
-        config,
-        output_dir=config.output_dir.with_name("preferred"),
-        silhouettes=SilhouetteConfig(prefer=True),
-        trust=TrustConfig(keep_untrusted=True),
+        config, output_dir=config.output_dir.with_name("preferred"), silhouettes=SilhouetteConfig(prefer=True)
     )
     report = process_video(preferred)
     box = report.objects[1]
     assert box.source == "silhouettes" and box.sfm_problem == "not used (--silhouettes.prefer)"
+    assert box.failure is None and "turn unverified" in box.untrusted  # kept, flagged
     assert box.registered_frames == box.visible_frames == 24 and 0.5 <= box.turn_measured <= 1.0
     scene = load_scene(preferred.output_dir)
     assert scene.registered[1].all() and scene.provenance["objects"][1]["source"] == "silhouettes"

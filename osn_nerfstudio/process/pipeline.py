@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -133,6 +133,8 @@ class ObjectReport:
     """Registered from silhouettes: why SfM's registration was not used."""
     turn_measured: float = float("nan")
     """Registered from silhouettes: share of its frames whose turn from the previous frame its tracks measured."""
+    turn_ambiguity_deg: float = float("nan")
+    """Registered from silhouettes: how far apart turns are that its tracks fit about equally well (degrees)."""
 
 
 @dataclass
@@ -254,7 +256,10 @@ def _register_from_silhouettes(
     box.half_disagreement_deg = half_disagreement(
         own, registration.sfm, lambda part: register(part).sfm, config.trust.stability_splits, seed=config.sfm.seed
     )
-    box.untrusted = silhouette_untrusted_reason(box.turn_measured, box.half_disagreement_deg, config.trust)
+    box.turn_ambiguity_deg = registration.ambiguity_deg
+    box.untrusted = silhouette_untrusted_reason(
+        box.turn_measured, box.half_disagreement_deg, box.turn_ambiguity_deg, config.trust
+    )
     return box
 
 
@@ -271,32 +276,34 @@ def _judge_foreground(
     """Judge every foreground SfM registration; where SfM failed or is untrusted, register from silhouettes.
 
     Updates ``results`` and ``failures`` in place; returns, per object registered from silhouettes, why its SfM was
-    not used. A silhouette registration replaces an SfM one only when it is trusted (always with
-    ``--silhouettes.prefer``).
+    not used. A silhouette registration is never trusted (``silhouette_untrusted_reason``); the scene keeps it
+    because the user asked for it.
     """
     kept = results[0].sfm.registered
     sfm_problems: Dict[int, str] = {}
     for k in range(1, len(names)):
-        visible = (labels[kept] == k).any(axis=(1, 2))
         if k in results:
-            results[k].untrusted = _sfm_untrusted(results[k], visible, kept, config)
-        sfm_trusted = k in results and results[k].untrusted is None
-        wanted = config.silhouettes.prefer or (config.silhouettes.enabled and not sfm_trusted)
-        if not wanted:
-            continue
-        start = time.perf_counter()
-        try:
-            box = _register_from_silhouettes(tracks, labels, k, camera, results[0], config)
-        except SfMFailure as err:
-            if k in failures:
-                failures[k] += f"; from its silhouettes: {err}"
-            continue
-        finally:
+            results[k].untrusted = _sfm_untrusted(results[k], (labels[kept] == k).any(axis=(1, 2)), kept, config)
+    sfm_trusted = {k for k in range(1, len(names)) if k in results and results[k].untrusted is None}
+    wanted = [
+        k
+        for k in range(1, len(names))
+        if config.silhouettes.prefer or (config.silhouettes.enabled and k not in sfm_trusted)
+    ]
+    if not wanted:
+        return sfm_problems
+    with progress_bar("Registration from silhouettes", len(wanted)) as advance:
+        for k in wanted:
+            start = time.perf_counter()
+            try:
+                box = _register_from_silhouettes(tracks, labels, k, camera, results[0], config)
+                sfm_problems[k] = failures.pop(k, None) or results[k].untrusted or "not used (--silhouettes.prefer)"
+                results[k] = box
+            except SfMFailure as err:
+                if k in failures:
+                    failures[k] += f"; from its silhouettes: {err}"
             report.sfm_seconds[names[k]] = report.sfm_seconds.get(names[k], 0.0) + time.perf_counter() - start
-        if k in results and box.untrusted is not None and not config.silhouettes.prefer:
-            continue
-        sfm_problems[k] = failures.pop(k, None) or results[k].untrusted or "not used (--silhouettes.prefer)"
-        results[k] = box
+            advance()
     return sfm_problems
 
 
@@ -344,9 +351,10 @@ def assemble_scene(
     """The scene's metadata, the kept frames and their labels.
 
     Frames where the background is not registered are dropped (the background must be known in every
-    frame); objects without a registered frame, or whose registration is untrusted (``ObjectBox.untrusted``;
-    kept with ``--trust.keep-untrusted``), are dropped and their pixels become unknown. ``sfm_problems`` says, per
-    object registered from silhouettes, why its SfM was not used.
+    frame); objects without a registered frame, or whose SfM registration is untrusted (``ObjectBox.untrusted``;
+    kept with ``--trust.keep-untrusted``), are dropped and their pixels become unknown. Registrations from
+    silhouettes are kept, flagged. ``sfm_problems`` says, per object registered from silhouettes, why its SfM was
+    not used.
     """
     sfm_problems = sfm_problems or {}
     kept = results[0].sfm.registered.copy()
@@ -370,7 +378,8 @@ def assemble_scene(
                 reason = "registered only in frames that were dropped, or no keypoint inside the image"
             elif k > 0:  # the background is needed in every frame; its unregistered frames are dropped instead
                 untrusted = box.untrusted
-                if untrusted is not None and not config.trust.keep_untrusted:
+                asked = config.trust.keep_untrusted or box.source == "silhouettes"  # --silhouettes.* asked for it
+                if untrusted is not None and not asked:
                     reason = untrusted
         if reason is not None or part is None:
             report.objects.append(
@@ -407,6 +416,7 @@ def assemble_scene(
                 source=box.source,
                 sfm_problem=sfm_problems.get(k),
                 turn_measured=box.turn_measured,
+                turn_ambiguity_deg=box.turn_ambiguity_deg,
             )
         )
     kept_frames = select_frames(frames, np.flatnonzero(kept))
@@ -527,7 +537,8 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
     estimate = config.focal_length is None
     with _timed(report, "sfm"):
         results, failures, camera = _reconstruct_all(tracks, names, camera, estimate, frames.num_frames, config, report)
-    with _timed(report, "silhouettes"):
+    silhouettes = config.silhouettes.enabled or config.silhouettes.prefer
+    with _timed(report, "silhouettes") if silhouettes else nullcontext():
         sfm_problems = _judge_foreground(tracks, labels, names, results, failures, camera, config, report)
     report.camera_source = (
         f"estimated by the background's SfM: fx = fy = {camera.fx:.2f} px"
@@ -592,7 +603,8 @@ def summary_table(report: ProcessReport) -> Table:
             turns = f"turn measured in {100 * obj.turn_measured:.0f} % of its frames"
             notes = f"from its silhouettes ({turns}); SfM: {obj.sfm_problem}" + (f"; {notes}" if notes else "")
         if obj.untrusted is not None:
-            notes = f"KEPT (--trust.keep-untrusted) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")
+            flag = "--silhouettes" if obj.source == "silhouettes" else "--trust.keep-untrusted"
+            notes = f"KEPT ({flag}) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")
         table.add_row(
             Text(obj.name, style="bold red" if obj.untrusted else ""),
             obj.source,

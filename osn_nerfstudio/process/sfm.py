@@ -292,6 +292,8 @@ class ObjectBox:
     """Why the registration is not trusted (``process/trust.py``), None when it is or was not judged."""
     turn_measured: float = float("nan")
     """Silhouette registration: share of its frames whose turn from the previous frame its tracks measured."""
+    turn_ambiguity_deg: float = float("nan")
+    """Silhouette registration: how far apart turns are that its tracks fit about equally well (degrees)."""
 
 
 def to_object_frame(sfm: ObjectSfM, margin: float = 0.1, percentile: float = 1.0) -> ObjectBox:

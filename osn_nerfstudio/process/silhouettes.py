@@ -1,4 +1,4 @@
-"""Stage 4b: registration of a foreground object from its mask outlines and short tracks, where SfM cannot.
+"""Stage 4b (opt-in): registration of a foreground object from its mask outlines and short tracks, where SfM cannot.
 
 An object 20-30 pixels across, or one without texture, gives structure from motion too few long tracks: the
 mapper finds no initial pair, or a reconstruction whose rotations are noise. Its masks still say where it is
@@ -9,13 +9,13 @@ and how large it looks in every frame, and the background's SfM says how the cam
   frames where the whole outline is seen count (the mask does not touch the image border, another object or
   unknown pixels, and is not suddenly smaller than in nearby frames, as when furniture hides part of it); every
   visible frame takes its centre from a local linear fit over the nearest such frames, in world axes.
-* Orientation. Each track observation is lifted onto the front of the unit sphere about the centre; the lifted
-  points of consecutive frames give the rotation between them (Kabsch), chained over the video. A bundle
-  adjustment with the centres held fixed then refines the rotations and the tracks' points (robust reprojection
-  error; points softly on the unit sphere; angular velocity softly constant).
+* Turn. A constant angular velocity whose triangulated track points reproject best is the start; a bundle
+  adjustment then refines the turns (angular velocity softly constant), the centres (softly at their silhouette
+  measurement) and the points (softly on the unit sphere).
 
 The result is an ``ObjectSfM`` in the object's own unit, so the rest of the stage treats it like an SfM
-reconstruction; ``process/trust.py`` decides whether it is trusted. docs/process-data.md has the measurements.
+reconstruction. Its turn is not verified: on the benchmark scenes the tracks of small objects fit wrong turns better
+than the true ones (docs/process-data.md), so ``process/trust.py`` never trusts it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from scipy.sparse import lil_matrix
 from scipy.spatial.transform import Rotation
 
 from osn_nerfstudio.data.scene_format import PinholeCamera
+from osn_nerfstudio.process.evaluation import rotation_angle_deg
 from osn_nerfstudio.process.sfm import OPENCV_TO_OPENGL, ObjectBox, ObjectSfM, SfMFailure
 from osn_nerfstudio.process.tracks import Tracks
 
@@ -39,8 +40,8 @@ class SilhouetteConfig:
     """Registration from mask outlines, for foreground objects whose SfM fails or is not trusted."""
 
     enabled: bool = False
-    """Try it where SfM fails or is untrusted (off by default: on the benchmark scenes no object it registered passed
-    the registration check; docs/process-data.md)."""
+    """Where SfM fails or is untrusted, register the object from its silhouettes and keep it, flagged: its centre is
+    measured, its turn unverified (on the benchmark scenes 2-90 degrees off; docs/process-data.md)."""
     prefer: bool = False
     """Register every foreground object from its silhouettes, even where its SfM is trusted (implies enabled)."""
     min_whole_frames: int = 3
@@ -59,6 +60,8 @@ class SilhouetteConfig:
     """Weight of the points' pull onto the unit sphere, in pixels per mask radius of distance."""
     smoothness: float = 0.2
     """Weight of a change of angular velocity between frames, in pixels per mask radius per radian."""
+    ambiguity_margin: float = 0.05
+    """Steady turns whose robust reprojection cost is within this fraction of the best count as rivals (ambiguity)."""
     max_evaluations: int = 60
     """Residual evaluations of each bundle adjustment (it runs twice, the second time without outliers)."""
     max_reprojection_error: float = 3.0
@@ -207,15 +210,6 @@ def _turn_steps(problem: _Problem, lifted_world: np.ndarray, min_shared: int) ->
     return steps, tied
 
 
-def _chain(steps: np.ndarray) -> np.ndarray:
-    """[V, 3, 3] world-from-object rotations, the first the identity, from [V, 3] per-frame steps."""
-    rotations = np.tile(np.eye(3), (len(steps), 1, 1))
-    matrices = Rotation.from_rotvec(steps).as_matrix()
-    for i in range(1, len(steps)):
-        rotations[i] = matrices[i] @ rotations[i - 1]
-    return rotations
-
-
 def _triangulate(problem: _Problem, rotations: np.ndarray, num_points: int) -> np.ndarray:
     """[P, 3] least-squares points (object coordinates) of the observations, given world-from-object rotations;
     points seen at too narrow an angle stay near the centre (a small ridge term)."""
@@ -236,25 +230,42 @@ def _triangulate(problem: _Problem, rotations: np.ndarray, num_points: int) -> n
     return np.linalg.solve(normal, right[..., None])[..., 0]
 
 
-def _initial_rotations(problem: _Problem, lifted_world: np.ndarray, min_shared: int) -> Tuple[np.ndarray, np.ndarray]:
-    """[V, 3, 3] world-from-object rotations chained from consecutive frames, and [V] bool: tied to the previous.
+def _initial_rotations(
+    problem: _Problem, lifted_world: np.ndarray, min_shared: int, ambiguity_margin: float
+) -> Tuple[np.ndarray, np.ndarray, float]:
+    """[V, 3, 3] world-from-object rotations to start the adjustment from, [V] bool: the turn from the previous frame
+    was measured by shared tracks, and how ambiguous the tracks leave the turn (degrees).
 
-    Lifting onto a sphere biases the steps (an object is not a sphere: a flat face seen turning about an axis across
-    the view turns less on the sphere), and the bias accumulates along the chain. Where the chain measured turns, they
-    are corrected by one scale and one added angular velocity: those whose triangulated points reproject best.
+    The start is a constant angular velocity (objects in a video mostly turn steadily), the one whose triangulated
+    points reproject best, searched from rest, from 3 degrees a frame about each axis either way, and from the median
+    of the turns measured between consecutive frames (Kabsch on tracks lifted onto the sphere; too noisy to chain: on
+    room-a's plain box, 20 pixels across, they scatter by several degrees a frame about a true 2.3). The ambiguity is
+    the largest median rotation difference between the best and any other search whose robust cost is within
+    ``ambiguity_margin`` of it: tracks that cannot tell two turn histories apart give a large one.
     """
     steps, tied = _turn_steps(problem, lifted_world, min_shared)
     num_points = int(problem.obs_point.max()) + 1
+    frame_index = np.arange(len(problem.frames))
 
-    def residuals(x: np.ndarray) -> np.ndarray:
-        rotations = _chain(np.where(tied[:, None], x[0] * steps + x[1:], 0.0))
+    def rotations_at(velocity: np.ndarray) -> np.ndarray:
+        return Rotation.from_rotvec(frame_index[:, None] * velocity[None]).as_matrix()
+
+    def residuals(velocity: np.ndarray) -> np.ndarray:
+        rotations = rotations_at(velocity)
         error, _ = _errors(problem, rotations, _triangulate(problem, rotations, num_points))
         return error
 
+    starts = [np.zeros(3), *np.radians(3.0) * np.concatenate([np.eye(3), -np.eye(3)])]
     if tied.any():
-        fit = least_squares(residuals, np.array([1.0, 0.0, 0.0, 0.0]), loss="soft_l1", f_scale=1.0, max_nfev=100)
-        steps = np.where(tied[:, None], fit.x[0] * steps + fit.x[1:], 0.0)
-    return _chain(steps), tied
+        starts.append(np.median(steps[tied], axis=0))
+    fits = [least_squares(residuals, start, loss="soft_l1", f_scale=1.0, max_nfev=100) for start in starts]
+    best = min(fits, key=lambda fit: fit.cost)
+    chosen = rotations_at(best.x)
+    rivals = [fit for fit in fits if fit.cost <= (1.0 + ambiguity_margin) * best.cost]
+    ambiguity = max(
+        float(np.median(rotation_angle_deg(rotations_at(fit.x) @ np.swapaxes(chosen, 1, 2)))) for fit in rivals
+    )
+    return chosen, tied, ambiguity
 
 
 def _adjust(problem: _Problem, rotations: np.ndarray, points: np.ndarray, scale: float, config: SilhouetteConfig):
@@ -335,6 +346,8 @@ class SilhouetteRegistration:
     """[F] bool: registered frames whose rotation from the previous registered frame was measured by shared tracks
     (the first registered frame counts as measured); elsewhere it is carried over."""
     silhouettes: Silhouettes
+    ambiguity_deg: float = 0.0
+    """How far apart (degrees, median over frames) steady turns are that its tracks fit about equally well."""
 
 
 def register_from_silhouettes(
@@ -385,7 +398,9 @@ def register_from_silhouettes(
     )
     lifted = lift_to_sphere(problem.uv, problem.centre[problem.obs_frame], camera)
     lifted_world = np.einsum("mji,mj->mi", problem.camera_from_world[problem.obs_frame], lifted)
-    rotations, tied = _initial_rotations(problem, lifted_world, config.min_shared_tracks)
+    rotations, tied, ambiguity = _initial_rotations(
+        problem, lifted_world, config.min_shared_tracks, config.ambiguity_margin
+    )
     points = _triangulate(problem, rotations, len(used_tracks))
     scale = float(np.median(silhouettes.radius[frames]))
     keep = np.ones(len(problem.uv), dtype=bool)
@@ -419,7 +434,9 @@ def register_from_silhouettes(
         keypoint_error=error[keep],
         camera=camera,
     )
-    return SilhouetteRegistration(sfm=sfm, turn_measured=turn_measured, silhouettes=silhouettes)
+    return SilhouetteRegistration(
+        sfm=sfm, turn_measured=turn_measured, silhouettes=silhouettes, ambiguity_deg=ambiguity
+    )
 
 
 def silhouette_box(registration: SilhouetteRegistration, margin: float) -> ObjectBox:
