@@ -16,6 +16,7 @@ from osn_nerfstudio.data.validation import load_scene
 from osn_nerfstudio.process.evaluation import rotation_disagreement_deg
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, process_video, summary_table
+from osn_nerfstudio.process.sfm import SfMFailure
 from osn_nerfstudio.process.silhouettes import (
     SilhouetteConfig,
     centre_offsets,
@@ -151,7 +152,7 @@ def test_centres_from_the_masks_match_the_truth(ball):
     ours = np.linalg.norm(offsets, axis=1)
     theirs = np.linalg.norm(truth[:, :3, 3], axis=1)
     assert np.ptp(ours / theirs) < 0.02 and abs(np.median(ours / theirs) - 1) < 0.03
-    with pytest.raises(Exception, match="never wholly in view"):
+    with pytest.raises(SfMFailure, match="never wholly in view"):
         centre_offsets(measure_silhouettes(np.zeros_like(labels), 1, 255, 0.08), CAMERA, background[:, :3, :3], 3)
 
 

@@ -365,13 +365,7 @@ def register_from_silhouettes(
     """
     num_frames = len(silhouettes.visible)
     background = np.isfinite(background_poses).all(axis=(1, 2))
-    silhouettes = Silhouettes(
-        visible=silhouettes.visible & background,
-        whole=silhouettes.whole & background,
-        centroid=silhouettes.centroid,
-        radius=silhouettes.radius,
-        extent=silhouettes.extent,
-    )
+    silhouettes = replace(silhouettes, visible=silhouettes.visible & background, whole=silhouettes.whole & background)
     if silhouettes.whole.sum() < config.min_whole_frames:
         raise SfMFailure(
             f"its whole outline is in view in only {int(silhouettes.whole.sum())} frame(s) "
