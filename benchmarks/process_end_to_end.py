@@ -5,7 +5,8 @@
 
 For each scene (a demo scene, or an indoor benchmark scene, as ``benchmarks/process_data.py`` names them):
 ``osn-process-data`` on the truth's frames and masks alone (true focal length, default settings: untrusted objects
-are left out, their pixels unknown); the truth's test views, relative scales and amodal depth carried into the
+are left out, their pixels unknown; with ``--silhouettes``, objects SfM cannot register are kept, placed from their
+silhouettes); the truth's test views, relative scales and amodal depth carried into the
 processed scene's frame and units (``process/evaluation.transfer_evaluation``); ``osn-train PRESET`` on both
 scenes, the two runs side by side with ``--threads`` torch threads each; then the test cameras at the true
 configuration and at the closest of 100 configurations sampled by each run's scale network (median over ``--draws``

@@ -182,31 +182,15 @@ class LineProgress:
 
     def add_task(self, description: str, total: Optional[float] = None, completed: float = 0, **_: Any) -> int:
         now = time.monotonic()
-        self.tasks.append(
-            {
-                "description": description,
-                "total": total,
-                "completed": completed,
-                "start": now,
-                "last": now,
-                "printed_done": False,
-            }
-        )
+        self.tasks.append({"description": description, "total": total, "completed": completed, "start": now,
+                           "last": now, "printed_done": False})
         return len(self.tasks) - 1
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def update(
-        self,
-        task_id: int,
-        *,
-        total: Optional[float] = None,
-        completed: Optional[float] = None,
-        advance: Optional[float] = None,
-        description: Optional[str] = None,
-        **_: Any,
-    ) -> None:
+    def update(self, task_id: int, *, total: Optional[float] = None, completed: Optional[float] = None,
+               advance: Optional[float] = None, description: Optional[str] = None, **_: Any) -> None:
         task = self.tasks[task_id]
         if description is not None:
             task["description"] = description
@@ -236,12 +220,8 @@ class LineProgress:
         now = time.monotonic()
         total, completed = task["total"], task["completed"]
         count = f"{completed:g}/{total:g} ({100 * completed / total:.0f}%)" if total else f"{completed:g}"
-        self.console.print(
-            f"{task['description']}: {count}, {format_duration(now - task['start'])}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        self.console.print(f"{task['description']}: {count}, {format_duration(now - task['start'])}",
+                           markup=False, highlight=False, soft_wrap=True)
         task["last"] = now
         task["printed_done"] = total is not None and completed >= total
 
@@ -263,13 +243,8 @@ def progress_bar(console: Optional[Console] = None, transient: bool = False) -> 
     )
 
 
-def track(
-    sequence: Iterable[T],
-    description: str,
-    total: Optional[float] = None,
-    console: Optional[Console] = None,
-    transient: bool = False,
-) -> Iterator[T]:
+def track(sequence: Iterable[T], description: str, total: Optional[float] = None, console: Optional[Console] = None,
+          transient: bool = False) -> Iterator[T]:
     """``rich.progress.track`` through :func:`progress_bar`: a bar on a terminal, a line now and then elsewhere."""
     with progress_bar(console, transient=transient) as progress:
         yield from progress.track(sequence, total=total, description=description)

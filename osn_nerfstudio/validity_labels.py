@@ -128,3 +128,4 @@ def hidden_object_rays(model, datamanager, generator: torch.Generator) -> Tuple[
     picks = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
     frame, pixel = picks // (height * width), picks % (height * width)
     return datamanager.pixel_rays(frame, pixel // width, pixel % width), labels[frame, pixel // width, pixel % width]
+

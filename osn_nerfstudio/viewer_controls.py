@@ -34,7 +34,6 @@ from osn_nerfstudio.validity_labels import ValidityLabels, label_validity
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
 
-
 def slider_step(low: float, high: float) -> float:
     """A power of ten that divides the range into 100 to 1000 steps."""
     return 10.0 ** math.floor(math.log10((high - low) / 100.0))
@@ -177,7 +176,9 @@ class OSNViewerControls(ViewerControl):
             for k, name in enumerate(model.object_names)
             if k > 0
         ]
-        self.sample_button = ViewerButton("Sample valid configuration", cb_hook=lambda _: self.sample_configuration())
+        self.sample_button = ViewerButton(
+            "Sample valid configuration", cb_hook=lambda _: self.sample_configuration()
+        )
         self.truth_button: Optional[ViewerButton] = None
         if closest_to_truth(model.true_scales.cpu(), ranges) is not None:
             self.truth_button = ViewerButton("Closest to ground truth", cb_hook=lambda _: self.show_ground_truth())

@@ -170,3 +170,4 @@ class ValidSet:
         """Smallest and largest ratio ``s_i / s_j`` over the set (tight)."""
         bounds = self.closed().bounds
         return math.exp(-float(bounds[j, i])), math.exp(float(bounds[i, j]))
+

@@ -451,7 +451,9 @@ def _load_json(root: Path) -> Dict[str, Any]:
         raise SceneFormatError(f"{scene_file}: not valid JSON ({err}).") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise SceneFormatError(f'{scene_file}: not an OSN scene (expected "format": "{FORMAT_NAME}", found {found!r}).')
+        raise SceneFormatError(
+            f'{scene_file}: not an OSN scene (expected "format": "{FORMAT_NAME}", found {found!r}).'
+        )
     version = data.get("version")
     if isinstance(version, bool) or version != FORMAT_VERSION:
         raise SceneFormatError(

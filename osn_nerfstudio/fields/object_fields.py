@@ -203,7 +203,8 @@ class DenseGridEncoding(nn.Module):
         num_batches, num_samples, _ = points.shape
         coords = (points * 2.0 - 1.0).view(num_batches, 1, 1, num_samples, 3)
         features = [
-            F.grid_sample(level, coords, mode="bilinear", padding_mode="border", align_corners=True) for level in levels
+            F.grid_sample(level, coords, mode="bilinear", padding_mode="border", align_corners=True)
+            for level in levels
         ]
         return torch.cat(features, dim=1).view(num_batches, -1, num_samples).transpose(1, 2)
 

@@ -106,14 +106,8 @@ def _object(root: Path, k: int, num_frames: int, camera: PinholeCamera):
         )
     u, v, depth, weight = table[:, 0], table[:, 1], table[:, 2], table[:, 4] / 2.0  # their weights lie in (0, 2]
     usable = (
-        (frame >= 0)
-        & (frame < num_frames)
-        & (u >= 0)
-        & (v >= 0)
-        & (u <= camera.width)
-        & (v <= camera.height)
-        & (depth > 0)
-        & (weight > 0)
+        (frame >= 0) & (frame < num_frames) & (u >= 0) & (v >= 0) & (u <= camera.width) & (v <= camera.height)
+        & (depth > 0) & (weight > 0)
     )
     usable[usable] &= visible[frame[usable]]
     keypoints = Keypoints(

@@ -193,9 +193,8 @@ def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
             moved.covisibility = f"{stem}_covisibility{Path(view.covisibility).suffix}"
             shutil.copyfile(truth.path(view.covisibility), processed.path(moved.covisibility))
         views.append(moved)
-    relative = np.array(
-        [truth.evaluation.relative_scales[t] * s / background_scale for t, (s, _, _) in zip(index, scales)]
-    )
+    relative = np.array([truth.evaluation.relative_scales[t] * s / background_scale for t, (s, _, _) in
+                         zip(index, scales)])
     evaluation = Evaluation(test_views=views, relative_scales=relative)
     if truth.evaluation.amodal_depth is not None:
         evaluation.amodal_depth = "evaluation/amodal_depth.npy"

@@ -126,11 +126,13 @@ class ObjectReport:
     unregistered: Dict[str, List[int]] = field(default_factory=dict)
     """Reason -> frames (of the written scene) where the object is not registered."""
     untrusted: Optional[str] = None
-    """Why its registration cannot be trusted (it is left out unless ``--trust.keep-untrusted``)."""
+    """Why its registration cannot be trusted (an SfM one is left out unless ``--trust.keep-untrusted``; one from
+    silhouettes is kept, since the user asked for it)."""
     source: str = "SfM"
     """How it was registered: "SfM" or "silhouettes" (from its mask outlines and tracks)."""
     sfm_problem: Optional[str] = None
-    """Registered from silhouettes: why SfM's registration was not used."""
+    """Registered from silhouettes: why SfM's registration was not used (with ``--silhouettes.prefer`` on an object
+    that stayed with SfM: why its silhouettes could not register it)."""
     turn_measured: float = float("nan")
     """Registered from silhouettes: share of its frames whose turn from the previous frame its tracks measured."""
     turn_ambiguity_deg: float = float("nan")
@@ -243,7 +245,7 @@ def _register_from_silhouettes(
 ) -> ObjectBox:
     """Object k registered from its outlines and tracks (``process/silhouettes.py``), judged by ``process/trust.py``."""
     own = tracks.observations(tracks.object_id == k)
-    silhouettes = measure_silhouettes(labels, k, config.ignore_label, config.silhouettes.shrink_tolerance)
+    silhouettes = measure_silhouettes(labels, k, config.silhouettes.shrink_tolerance)
 
     def register(part: Tracks):
         return register_from_silhouettes(part, silhouettes, camera, background.sfm.camera_to_object, config.silhouettes)
@@ -294,7 +296,6 @@ def _judge_foreground(
         return sfm_problems
     with progress_bar("Registration from silhouettes", len(wanted)) as advance:
         for k in wanted:
-            start = time.perf_counter()
             try:
                 box = _register_from_silhouettes(tracks, labels, k, camera, results[0], config)
                 sfm_problems[k] = failures.pop(k, None) or results[k].untrusted or "not used (--silhouettes.prefer)"
@@ -302,7 +303,10 @@ def _judge_foreground(
             except SfMFailure as err:
                 if k in failures:
                     failures[k] += f"; from its silhouettes: {err}"
-            report.sfm_seconds[names[k]] = report.sfm_seconds.get(names[k], 0.0) + time.perf_counter() - start
+                elif results[k].untrusted is not None:
+                    results[k].untrusted += f"; from its silhouettes: {err}"
+                else:  # --silhouettes.prefer on a trusted SfM registration: it stays, and the summary says why
+                    sfm_problems[k] = f"kept from SfM: its silhouettes could not register it ({err})"
             advance()
     return sfm_problems
 
@@ -599,9 +603,11 @@ def summary_table(report: ProcessReport) -> Table:
             )
             continue
         notes = "; ".join(f"not in frames {_frames_text(f)}: {reason}" for reason, f in obj.unregistered.items())
-        if obj.sfm_problem is not None:
+        if obj.sfm_problem is not None and obj.source == "silhouettes":
             turns = f"turn measured in {100 * obj.turn_measured:.0f} % of its frames"
             notes = f"from its silhouettes ({turns}); SfM: {obj.sfm_problem}" + (f"; {notes}" if notes else "")
+        elif obj.sfm_problem is not None:
+            notes = obj.sfm_problem + (f"; {notes}" if notes else "")
         if obj.untrusted is not None:
             flag = "--silhouettes" if obj.source == "silhouettes" else "--trust.keep-untrusted"
             notes = f"KEPT ({flag}) BUT {obj.untrusted}" + (f"; {notes}" if notes else "")

@@ -84,8 +84,9 @@ class Silhouettes:
     """[F] largest distance of a mask pixel from the centroid, in pixels."""
 
 
-def measure_silhouettes(labels: np.ndarray, k: int, ignore_label: int, shrink_tolerance: float) -> Silhouettes:
-    """Per-frame outline measurements of object ``k`` in [F, H, W] label maps."""
+def measure_silhouettes(labels: np.ndarray, k: int, shrink_tolerance: float) -> Silhouettes:
+    """Per-frame outline measurements of object ``k`` in [F, H, W] label maps (0 the background; any other label,
+    unknown pixels included, next to the mask means its outline may be hidden there)."""
     num_frames = labels.shape[0]
     visible = np.zeros(num_frames, dtype=bool)
     touches = np.zeros(num_frames, dtype=bool)
@@ -197,15 +198,16 @@ class _Problem:
 
 
 def _turn_steps(problem: _Problem, lifted_world: np.ndarray, min_shared: int) -> Tuple[np.ndarray, np.ndarray]:
-    """[V, 3] rotation vectors from each frame to the next (world axes; zero for the first frame and where not
-    measured) from Kabsch on lifted points, and [V] bool: measured."""
+    """[V, 3] angular velocities (rotation vectors per frame, world axes) from each registered frame to the next, from
+    Kabsch on lifted points (zero for the first and where not measured), and [V] bool: measured."""
     steps = np.zeros((len(problem.frames), 3))
     tied = np.zeros(len(problem.frames), dtype=bool)
     for i in range(1, len(problem.frames)):
         a, b = problem.obs_frame == i - 1, problem.obs_frame == i
         shared, rows_a, rows_b = np.intersect1d(problem.obs_point[a], problem.obs_point[b], return_indices=True)
         if shared.size >= min_shared:
-            steps[i] = Rotation.from_matrix(kabsch(lifted_world[a][rows_a], lifted_world[b][rows_b])).as_rotvec()
+            turn = Rotation.from_matrix(kabsch(lifted_world[a][rows_a], lifted_world[b][rows_b])).as_rotvec()
+            steps[i] = turn / (problem.frames[i] - problem.frames[i - 1])
             tied[i] = True
     return steps, tied
 
@@ -245,7 +247,7 @@ def _initial_rotations(
     """
     steps, tied = _turn_steps(problem, lifted_world, min_shared)
     num_points = int(problem.obs_point.max()) + 1
-    frame_index = np.arange(len(problem.frames))
+    frame_index = problem.frames - problem.frames[0]
 
     def rotations_at(velocity: np.ndarray) -> np.ndarray:
         return Rotation.from_rotvec(frame_index[:, None] * velocity[None]).as_matrix()
@@ -278,6 +280,7 @@ def _adjust(problem: _Problem, rotations: np.ndarray, points: np.ndarray, scale:
     depth = problem.centre[:, 2]
     spread = np.stack([np.full(num_views, config.centre_pixels / scale)] * 2 + [config.depth_tolerance * depth], 1)
     sizes = np.cumsum([0, 3 * (num_views - 1), 3 * num_views, 3 * num_points])
+    gaps = np.diff(problem.frames).astype(np.float64)  # frames between consecutive registered frames
 
     def unpack(x: np.ndarray):
         corrections = np.concatenate([np.zeros((1, 3)), x[sizes[0] : sizes[1]].reshape(-1, 3)])
@@ -293,7 +296,8 @@ def _adjust(problem: _Problem, rotations: np.ndarray, points: np.ndarray, scale:
         reprojection = (_project(in_camera, camera) - problem.uv).ravel()
         centre_prior = x[sizes[1] : sizes[2]]
         sphere = config.sphere_prior * scale * (np.linalg.norm(xyz, axis=1) - 1.0)
-        velocity = Rotation.from_matrix(world_from_object[1:] @ np.swapaxes(world_from_object[:-1], 1, 2)).as_rotvec()
+        turns = Rotation.from_matrix(world_from_object[1:] @ np.swapaxes(world_from_object[:-1], 1, 2)).as_rotvec()
+        velocity = turns / gaps[:, None]
         smooth = config.smoothness * scale * (velocity[1:] - velocity[:-1]).ravel()
         return np.concatenate([reprojection, centre_prior, sphere, smooth])
 
@@ -344,7 +348,7 @@ class SilhouetteRegistration:
     """Poses, points and keypoints in units of the object's radius."""
     turn_measured: np.ndarray
     """[F] bool: registered frames whose rotation from the previous registered frame was measured by shared tracks
-    (the first registered frame counts as measured); elsewhere it is carried over."""
+    (the first registered frame counts as measured); elsewhere it rests on the steady-turn start and smoothness."""
     silhouettes: Silhouettes
     ambiguity_deg: float = 0.0
     """How far apart (degrees, median over frames) steady turns are that its tracks fit about equally well."""
@@ -360,7 +364,8 @@ def register_from_silhouettes(
     """One object's poses and points from its outlines and tracks (module docstring), in units of its radius.
 
     ``background_poses`` [F, 4, 4] are the background's camera-to-world poses (OpenGL axes, NaN where not
-    registered); the object is registered in every frame where it is visible and the background registered.
+    registered); the object is registered in every frame where it is visible, the background registered and its
+    centre (fitted over time where the outline is not whole) in front of the camera.
     Raises ``SfMFailure`` when it cannot be registered.
     """
     num_frames = len(silhouettes.visible)
@@ -373,7 +378,8 @@ def register_from_silhouettes(
         )
     world_from_camera = np.where(background[:, None, None], background_poses[:, :3, :3] @ np.diag([1.0, -1.0, -1.0]), 0)
     offsets = centre_offsets(silhouettes, camera, world_from_camera, config.centre_neighbours)
-    frames = np.flatnonzero(silhouettes.visible)
+    in_front = np.einsum("fji,fj->f", world_from_camera, np.nan_to_num(offsets))[:, None] > 0  # z in the camera
+    frames = np.flatnonzero(silhouettes.visible & in_front[:, 0])  # an extrapolated centre can land behind it
     view_of_frame = np.full(num_frames, -1)
     view_of_frame[frames] = np.arange(len(frames))
     rows = view_of_frame[tracks.frame] >= 0

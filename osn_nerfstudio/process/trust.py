@@ -140,7 +140,7 @@ def silhouette_untrusted_reason(
     if turn_measured < config.min_coverage:
         reasons.append(
             f"its turn is measured in only {100 * turn_measured:.0f} % of its frames (at least "
-            f"{100 * config.min_coverage:.0f} % needed; elsewhere its orientation is carried over)"
+            f"{100 * config.min_coverage:.0f} % needed; elsewhere it rests on a steady-turn prior)"
         )
     if half_disagreement_deg > config.max_half_disagreement:
         reasons.append(

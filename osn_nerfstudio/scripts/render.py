@@ -271,10 +271,8 @@ class RenderConfigurations:
             advance = partial(progress.advance, task)
             tiles = [render_frames(pipeline, cameras, c.scales, self.rendered_output_name, advance) for c in shown]
         captions = [configuration.caption(names) for configuration in shown]
-        frames = [
-            grid([with_caption(tile[i], caption) for tile, caption in zip(tiles, captions)], self.columns)
-            for i in range(len(cameras))
-        ]
+        frames = [grid([with_caption(tile[i], caption) for tile, caption in zip(tiles, captions)], self.columns)
+                  for i in range(len(cameras))]
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
         seconds = 1.0 if camera_path is None else float(camera_path.get("seconds", 5.0))
         write_frames(self.output_path, frames, seconds=seconds)
@@ -289,13 +287,8 @@ class RenderConfigurations:
         if self.configurations_file is not None:
             report = read_configurations_file(self.configurations_file)
             return [
-                shown_from_report(
-                    report,
-                    i,
-                    resolve_configuration(
-                        model, ConfigurationChoice(configurations_file=self.configurations_file, index=i)
-                    ),
-                )
+                shown_from_report(report, i, resolve_configuration(
+                    model, ConfigurationChoice(configurations_file=self.configurations_file, index=i)))
                 for i in range(self.num)
             ]
         return sampled_configurations(model, self.num, self.seed)
@@ -366,9 +359,8 @@ class RenderContactSheet:
                 near_far = depth_range(data.get("gt_depth"))
                 cells = [captured_panels(model, data, near_far)]
                 for configuration in shown:
-                    images = render_images(
-                        pipeline, camera, configuration.scales, SHEET_OUTPUTS, near_far, partial(progress.advance, task)
-                    )[0]
+                    images = render_images(pipeline, camera, configuration.scales, SHEET_OUTPUTS, near_far,
+                                           partial(progress.advance, task))[0]
                     cells.append([images[name] for name in SHEET_OUTPUTS])
                 rows.append(cells)
         names = model.object_names
@@ -378,20 +370,12 @@ class RenderContactSheet:
         Image.fromarray(sheet).save(self.output_path)
         record = {
             "views": [str(dataset.image_filenames[view]) for view in views],
-            "columns": [
-                {
-                    "label": c.label,
-                    "scales": dict(zip(names, c.scales.tolist())),
-                    "osn_score": c.score,
-                    "exact_validity": c.exact,
-                }
-                for c in shown
-            ],
+            "columns": [{"label": c.label, "scales": dict(zip(names, c.scales.tolist())), "osn_score": c.score,
+                         "exact_validity": c.exact} for c in shown],
         }
         self.output_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        CONSOLE.print(
-            f"Contact sheet ({len(views)} test views, {len(shown)} configurations): {self.output_path}", soft_wrap=True
-        )
+        CONSOLE.print(f"Contact sheet ({len(views)} test views, {len(shown)} configurations): {self.output_path}",
+                      soft_wrap=True)
 
     def configurations(self, model) -> List[Shown]:
         """The true configuration (when the scene has one), then ``num`` sampled ones."""
@@ -507,9 +491,8 @@ def to_image(
     value = outputs[name]
     if "depth" in name:
         near, far = depth_range if depth_range is not None else (None, None)
-        value = colormaps.apply_depth_colormap(
-            value, accumulation=outputs.get("accumulation"), near_plane=near, far_plane=far
-        )
+        value = colormaps.apply_depth_colormap(value, accumulation=outputs.get("accumulation"), near_plane=near,
+                                               far_plane=far)
     else:
         value = colormaps.apply_colormap(value, colormaps.ColormapOptions())
     return (value.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -607,12 +590,8 @@ def with_caption(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     picture = Image.fromarray(captioned)
     draw = ImageDraw.Draw(picture)
     for i, line in enumerate(wrapped):
-        draw.text(
-            (CAPTION_PADDING, height - band + CAPTION_PADDING + i * line_height()),
-            line,
-            fill=(255, 255, 255),
-            font=caption_font(),
-        )
+        draw.text((CAPTION_PADDING, height - band + CAPTION_PADDING + i * line_height()), line, fill=(255, 255, 255),
+                  font=caption_font())
     return np.asarray(picture)
 
 
@@ -624,12 +603,8 @@ SHEET_PANEL_GAP = 1
 """White pixels between the panels (RGB, depth, segmentation) of one cell."""
 
 
-def contact_sheet(
-    rows: List[List[List[np.ndarray]]],
-    captions: List[List[str]],
-    row_labels: List[str],
-    panel_names: Sequence[str] = SHEET_PANEL_NAMES,
-) -> np.ndarray:
+def contact_sheet(rows: List[List[List[np.ndarray]]], captions: List[List[str]], row_labels: List[str],
+                  panel_names: Sequence[str] = SHEET_PANEL_NAMES) -> np.ndarray:
     """A picture of ``rows[view][column]`` = [panel, ...] (all panels of one size): a cell stacks its panels
     vertically; one column per configuration under its caption; one row per view, labelled at its left with
     ``row_labels[view]`` and the panel names."""
@@ -638,28 +613,16 @@ def contact_sheet(
     label_width = max(text_width(text) for text in [*row_labels, *panel_names]) + 2 * CAPTION_PADDING
     header_lines = max(len(wrap_caption(caption, width)) for caption in captions)
     header_height = header_lines * line_height() + 2 * CAPTION_PADDING
-    header = stack(
-        [
-            np.full((header_height, label_width, 3), 255, np.uint8),
-            *(caption_strip(caption, width, header_height) for caption in captions),
-        ],
-        axis=1,
-        gap=SHEET_GAP,
-    )
+    header = stack([np.full((header_height, label_width, 3), 255, np.uint8),
+                    *(caption_strip(caption, width, header_height) for caption in captions)], axis=1, gap=SHEET_GAP)
     blocks = [header]
     for label, cells in zip(row_labels, rows):
         labels[0][0] = label
         label_column = stack([caption_strip(lines, label_width, height) for lines in labels], 0, SHEET_PANEL_GAP)
         columns = [stack(panels, axis=0, gap=SHEET_PANEL_GAP) for panels in cells]
         blocks.append(stack([label_column, *columns], axis=1, gap=SHEET_GAP))
-    return np.concatenate(
-        [
-            blocks[0],
-            np.full((SHEET_GAP, blocks[0].shape[1], 3), 255, np.uint8),
-            stack(blocks[1:], axis=0, gap=SHEET_ROW_GAP),
-        ],
-        axis=0,
-    )
+    return np.concatenate([blocks[0], np.full((SHEET_GAP, blocks[0].shape[1], 3), 255, np.uint8),
+                           stack(blocks[1:], axis=0, gap=SHEET_ROW_GAP)], axis=0)
 
 
 def write_frames(path: Path, frames: List[np.ndarray], seconds: float) -> None:
