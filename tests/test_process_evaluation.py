@@ -41,10 +41,11 @@ def test_pose_similarity_recovers_a_frame_change_even_on_a_straight_camera_path(
     assert np.allclose(found[1], rotation, atol=1e-9) and np.allclose(found[2], translation, atol=1e-9)
 
 
-def _stand_in(root, bend_deg: float = 0.0):
+def _stand_in(root, bend_deg: float = 0.0, scramble: bool = False):
     """A demo scene, and a stand-in for its processed version (every object in a frame and unit of its own, the last
     object left out, its pixels unknown; the background's cameras turned about their centres by up to ``bend_deg``
-    over the video, a reconstruction bent a little) with the demo's evaluation transferred onto it."""
+    over the video, a reconstruction bent a little; with ``scramble``, object 1 turned at random in every frame, a
+    registration whose rotations are wrong) with the demo's evaluation transferred onto it."""
     config = DemoSceneConfig(seed=3, width=48, height=36, num_frames=10, num_objects=3, supersampling=1,
                              test_view_every=3)
     truth = make_demo_scene(root / "truth", config)
@@ -58,6 +59,8 @@ def _stand_in(root, bend_deg: float = 0.0):
         angle = np.radians(bend_deg * v / (truth.num_frames - 1))
         turn = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
         poses[0, v, :3, :3] = turn @ poses[0, v, :3, :3]
+        if scramble:
+            poses[1, v, :3, :3] = _random_rotation(rng) @ poses[1, v, :3, :3]
     keypoints = truth.keypoints.select(truth.keypoints.object_id < kept)
     keypoints.depth = keypoints.depth / np.array([s for s, _, _ in similarities])[keypoints.object_id]
     processed.objects, processed.camera_to_object = processed.objects[:kept], poses
@@ -82,12 +85,21 @@ def _project(camera, camera_to_background: np.ndarray, points: np.ndarray) -> np
 
 
 def test_transfer_puts_every_object_where_the_truth_has_it_in_every_test_view(scenes):
-    _check_where_objects_land(*scenes, atol=1e-6)
+    # units come from the truth's depth maps at the keypoints' pixels, not exactly at the keypoints: 0.03 px measured
+    _check_where_objects_land(*scenes, atol=0.06)
+
+
+def test_units_do_not_depend_on_an_objects_rotations(scenes, tmp_path):
+    _, processed, _ = scenes
+    _, scrambled, _ = _stand_in(tmp_path, scramble=True)
+    scales = load_scene(processed.root).evaluation.relative_scales
+    assert np.array_equal(load_scene(scrambled.root).evaluation.relative_scales, scales)
+    assert np.all(scales > 0)
 
 
 def test_transfer_follows_a_reconstruction_bent_over_the_video(tmp_path):
     # one similarity for the whole path would turn the last views by about half the bend: ~0.4 px here
-    _check_where_objects_land(*_stand_in(tmp_path, bend_deg=1.0), atol=0.02)
+    _check_where_objects_land(*_stand_in(tmp_path, bend_deg=1.0), atol=0.06)
 
 
 def _check_where_objects_land(truth, processed, similarities, atol: float) -> None:
@@ -118,11 +130,11 @@ def test_transfer_rescales_depths_and_marks_left_out_objects_unknown(scenes):
     assert (true_labels == left_out).any()
     assert np.array_equal(labels, np.where(true_labels == left_out, moved.mask_ignore_label, true_labels))
     depth, true_depth = read_depth(moved.path(view.depth)), read_depth(truth.path(true_view.depth))
-    assert np.allclose(depth * background_scale, true_depth, rtol=1e-5)
+    assert np.allclose(depth * background_scale, true_depth, rtol=2e-3)  # the unit read off the depth maps
     amodal = read_amodal_depth(moved.path(moved.evaluation.amodal_depth))
     true_amodal = read_amodal_depth(truth.path(truth.evaluation.amodal_depth))
     assert amodal.shape[0] == processed.num_objects
-    assert np.allclose(amodal * background_scale, true_amodal[: processed.num_objects], rtol=1e-5)
+    assert np.allclose(amodal * background_scale, true_amodal[: processed.num_objects], rtol=2e-3)
     with pytest.raises(ValueError, match="already has an evaluation"):
         transfer_evaluation(moved, truth)
     other = make_demo_scene(truth.root.parent / "other", DemoSceneConfig(num_frames=4))

@@ -146,17 +146,38 @@ def _anchored(view: TestView, truth: Scene, processed: Scene, anchors: np.ndarra
     return processed.camera_to_object[0][v] @ relative
 
 
+def depth_units(processed: Scene, truth: Scene) -> np.ndarray:
+    """[K] for each object of ``processed``, the truth's background units per unit of its own: the median of the
+    truth's depth map over the object's keypoint depth, at its keypoints whose pixel the truth labels as the same
+    object (matched by name). Independent of the object's rotations, which a wrong registration gets wrong."""
+    depth = np.stack([read_depth(truth.path(frame.depth)) for frame in truth.frames])
+    labels = np.stack([truth.load_mask(v) for v in range(truth.num_frames)])
+    names = [o.name for o in truth.objects]
+    units = []
+    for k, obj in enumerate(processed.objects):
+        keypoints = processed.keypoints.select(processed.keypoints.object_id == k)
+        col = np.clip(np.floor(keypoints.uv[:, 0]).astype(int), 0, truth.camera.width - 1)
+        row = np.clip(np.floor(keypoints.uv[:, 1]).astype(int), 0, truth.camera.height - 1)
+        on_object = labels[keypoints.frame, row, col] == names.index(obj.name)
+        if not on_object.any():
+            raise ValueError(f"{processed.root}: no keypoint of '{obj.name}' lies on it in the truth's masks.")
+        units.append(float(np.median(depth[keypoints.frame, row, col][on_object] / keypoints.depth[on_object])))
+    return np.array(units)
+
+
 def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
     """``processed`` (an ``osn-process-data`` result of ``truth``'s frames) with ``truth``'s evaluation carried into its
     own frames and units, written into its directory: the test views, each object's true relative scale and the
     amodal depth, so that a run trained on the processed scene is scored on the same test views as one trained on
     the truth.
 
-    Each test view keeps its pose relative to the training camera nearest in time (the background's unit from
-    :func:`pose_similarity` of its poses to the truth's); an object's true relative scale is the truth's times its own
-    similarity's scale over the background's. Test-view and amodal depths are divided by the background's scale;
-    labels of objects the processed scene left out become its ignore label. Raises ``ValueError`` when the two scenes
-    do not share their frames (times) and image size, or when the processed scene already has an evaluation.
+    Units come from :func:`depth_units` (the truth needs per-frame depth maps): each test view keeps its pose
+    relative to the training camera nearest in time, its offset in the processed background's unit; an object's
+    relative scale is its unit over the background's, both in the truth's background units (a wrong rotation does not
+    change it; a similarity of camera centres would). Test-view and amodal depths are divided by the background's
+    unit; labels of objects the processed scene left out become its ignore label. Raises ``ValueError`` when the two
+    scenes do not share their frames (times) and image size, when the truth has no depth maps, or when the processed
+    scene already has an evaluation.
     """
     if truth.evaluation is None or truth.evaluation.relative_scales is None:
         raise ValueError(f"{truth.root}: the truth has no evaluation with relative scales to carry over.")
@@ -165,14 +186,13 @@ def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
         raise ValueError(f"{processed.root}: its frames and image size must be the truth's ({truth.root}).")
     if processed.evaluation is not None:
         raise ValueError(f"{processed.root}: the scene already has an evaluation; it is not overwritten.")
+    if any(frame.depth is None for frame in truth.frames):
+        raise ValueError(f"{truth.root}: the truth needs a depth map for every frame to carry its units over.")
+    units = depth_units(processed, truth)
     processed.path("evaluation").mkdir(exist_ok=True)
     names = [o.name for o in truth.objects]
     index = [names.index(o.name) for o in processed.objects]  # truth index of each processed object
-    scales = []
-    for k, t in enumerate(index):
-        seen = processed.registered[k] & truth.registered[t]
-        scales.append(pose_similarity(processed.camera_to_object[k][seen], truth.camera_to_object[t][seen]))
-    background_scale = scales[0][0]
+    background_scale = units[0]
     relabel = np.full(1 << 16, processed.mask_ignore_label)  # masks hold 8- or 16-bit labels
     relabel[index] = np.arange(len(index))
     anchors = np.flatnonzero(processed.registered[0] & truth.registered[0])
@@ -193,8 +213,7 @@ def transfer_evaluation(processed: Scene, truth: Scene) -> Scene:
             moved.covisibility = f"{stem}_covisibility{Path(view.covisibility).suffix}"
             shutil.copyfile(truth.path(view.covisibility), processed.path(moved.covisibility))
         views.append(moved)
-    relative = np.array([truth.evaluation.relative_scales[t] * s / background_scale for t, (s, _, _) in
-                         zip(index, scales)])
+    relative = units / background_scale
     evaluation = Evaluation(test_views=views, relative_scales=relative)
     if truth.evaluation.amodal_depth is not None:
         evaluation.amodal_depth = "evaluation/amodal_depth.npy"
