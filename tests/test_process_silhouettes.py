@@ -186,11 +186,19 @@ def test_a_turning_ball_is_registered_against_its_truth(ball):
     ratio = (sfm.keypoint_depth / truth_depth)[np.isfinite(truth_depth)]
     quartiles = np.percentile(ratio, [25, 50, 75])
     assert abs(quartiles[1] - 1.0) < 0.03 and (quartiles[2] - quartiles[0]) / quartiles[1] < 0.03
-    box = silhouette_box(registration, margin=0.1)
+    box = silhouette_box(registration, SilhouetteConfig())
     assert np.median(box.sfm.keypoint_depth) == pytest.approx(1.0)
     assert np.all(box.bbox_max > 0) and np.allclose(box.bbox_min, -box.bbox_max)
-    # the box holds the ball: its radius is 1 in the registration's unit
+    # the box holds the ball (its radius is 1 in the registration's unit) and every keypoint, put back in 3D
     assert box.bbox_max[0] * np.median(sfm.keypoint_depth) > 1.0
+    moved = box.sfm
+    rays = np.stack(
+        [(moved.keypoint_uv[:, 0] - CAMERA.cx) / CAMERA.fx, (moved.keypoint_uv[:, 1] - CAMERA.cy) / CAMERA.fy], 1
+    )
+    in_camera = np.concatenate([rays, np.ones((len(rays), 1))], 1) * moved.keypoint_depth[:, None]
+    poses = moved.camera_to_object[moved.keypoint_frame] @ FLIP  # camera (OpenCV axes) to object
+    in_object = np.einsum("nij,nj->ni", poses[:, :3, :3], in_camera) + poses[:, :3, 3]
+    assert np.all(np.abs(in_object) <= box.bbox_max + 1e-9)
 
 
 def test_frames_without_the_background_or_the_object_are_not_registered(ball):

@@ -251,7 +251,7 @@ def _register_from_silhouettes(
         return register_from_silhouettes(part, silhouettes, camera, background.sfm.camera_to_object, config.silhouettes)
 
     registration = register(own)
-    box = silhouette_box(registration, config.box_margin)
+    box = silhouette_box(registration, config.silhouettes)
     box.source = "silhouettes"
     frames = registration.sfm.registered
     box.turn_measured = float(registration.turn_measured[frames].mean())

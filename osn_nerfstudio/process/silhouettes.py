@@ -64,6 +64,9 @@ class SilhouetteConfig:
     """Steady turns whose robust reprojection cost is within this fraction of the best count as rivals (ambiguity)."""
     max_evaluations: int = 60
     """Residual evaluations of each bundle adjustment (it runs twice, the second time without outliers)."""
+    box_extent: float = 1.3
+    """The object's box: a cube about the centre, its half-size this times the largest whole outline's half-extent
+    (in mask radii); track points outside it are not on the object and are dropped."""
     max_reprojection_error: float = 3.0
     """Observations with a larger error (pixels) after the adjustment are dropped and it is run again."""
 
@@ -413,6 +416,10 @@ def register_from_silhouettes(
         keep = error <= config.max_reprojection_error
     error, depth = _errors(replace(problem, centre=centre), rotations, points)
     keep &= depth > 0
+    # points outside the box are not on the object (they would also wreck its scale range)
+    keep &= (np.abs(points).max(axis=1) <= config.box_extent * _half_extent(silhouettes))[problem.obs_point]
+    if not keep.any():
+        raise SfMFailure("none of its tracks triangulates onto the object")
     camera_to_object = np.full((num_frames, 4, 4), np.nan)
     object_from_camera = np.swapaxes(rotations, 1, 2) @ world_from_camera[frames]
     camera_to_object[frames] = np.eye(4)
@@ -439,14 +446,16 @@ def register_from_silhouettes(
     )
 
 
-def silhouette_box(registration: SilhouetteRegistration, margin: float) -> ObjectBox:
-    """The registration in units of its median keypoint depth, with a box about the centre that holds the largest
-    whole outline seen (and the points), grown by ``margin`` of its size on every side."""
-    sfm, silhouettes = registration.sfm, registration.silhouettes
+def _half_extent(silhouettes: Silhouettes) -> float:
+    """The largest distance from the centre to the outline over whole-outline frames, in mask radii."""
     whole = silhouettes.whole
-    half = float(np.max(silhouettes.extent[whole] / silhouettes.radius[whole]))
-    if len(sfm.points):
-        half = max(half, float(np.percentile(np.abs(sfm.points), 98)))
+    return float(np.max(silhouettes.extent[whole] / silhouettes.radius[whole]))
+
+
+def silhouette_box(registration: SilhouetteRegistration, config: SilhouetteConfig) -> ObjectBox:
+    """The registration in units of its median keypoint depth, with its box (``SilhouetteConfig.box_extent``)."""
+    sfm = registration.sfm
+    half = config.box_extent * _half_extent(registration.silhouettes)
     unit = float(np.median(sfm.keypoint_depth)) if sfm.keypoint_depth.size else 1.0
     poses = sfm.camera_to_object.copy()
     poses[..., :3, 3] /= unit
@@ -456,5 +465,5 @@ def silhouette_box(registration: SilhouetteRegistration, margin: float) -> Objec
         points=sfm.points / unit,
         keypoint_depth=sfm.keypoint_depth / unit,
     )
-    size = np.full(3, half * (1.0 + 2.0 * margin) / unit)
+    size = np.full(3, half / unit)
     return ObjectBox(sfm=moved, bbox_min=-size, bbox_max=size)
