@@ -35,7 +35,12 @@ from machine import load_average, machine_info
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.scene_format import Scene, read_depth
 from osn_nerfstudio.data.validation import load_scene
-from osn_nerfstudio.process.evaluation import depth_ratio_spread, rotation_disagreement_deg, trajectory_error
+from osn_nerfstudio.process.evaluation import (
+    depth_ratio_spread,
+    rotation_disagreement_deg,
+    trajectory_error,
+    truth_depth_at_keypoints,
+)
 from osn_nerfstudio.process.features import FeatureConfig
 from osn_nerfstudio.process.frames import FrameSamplingConfig
 from osn_nerfstudio.process.pipeline import ProcessDataConfig, ProcessReport, process_video
@@ -113,19 +118,14 @@ def accuracy_rows(scene: Scene, truth: Scene, report: ProcessReport) -> List[str
         aligned = float(np.median(rotation_disagreement_deg(*rotations)))
         size = float(np.max(truth.objects[truth_k].bbox_max - truth.objects[truth_k].bbox_min))
         kp = scene.keypoints.select(scene.keypoints.object_id == k)
-        px = np.floor(kp.uv).astype(int)
-        on_object = labels[kp.frame, px[:, 1], px[:, 0]] == truth_k
-        spread = depth_ratio_spread(kp.depth[on_object], depth[kp.frame, px[:, 1], px[:, 0]][on_object])
-        untrusted = next((o.untrusted for o in report.objects if o.name == name and o.untrusted), None)
-        stability = next(o.half_disagreement_deg for o in report.objects if o.name == name)
-        source = next(o.source for o in report.objects if o.name == name)
-        ambiguity = next(o.turn_ambiguity_deg for o in report.objects if o.name == name)
+        on_object, true_depth = truth_depth_at_keypoints(kp, depth, labels, truth_k)
+        spread = depth_ratio_spread(kp.depth[on_object], true_depth)
+        obj = next(o for o in report.objects if o.name == name)
         rows.append(
             f"| {name} | {registered.sum()} / {visible} | {len(kp)} | "
             f"{error.rotation_deg_median:.2f} / {error.rotation_deg_max:.2f} | {aligned:.2f} | "
-            f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {stability:.1f} | {source} | "
-            f"{ambiguity:.1f} | "
-            f"{'yes' if untrusted else 'no'} |"
+            f"{100 * error.centre_error_median / size:.2f} | {100 * spread:.1f} | {obj.half_disagreement_deg:.1f} | "
+            f"{obj.source} | {obj.turn_ambiguity_deg:.1f} | {'yes' if obj.untrusted else 'no'} |"
         )
     return rows
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from osn_nerfstudio.data.scene_format import (
     Evaluation,
+    Keypoints,
     Scene,
     TestView,
     read_amodal_depth,
@@ -57,17 +58,6 @@ def rotation_disagreement_deg(estimated: np.ndarray, reference: np.ndarray) -> n
     sum |reference_v - A estimated_v|^2 (both sets of camera-to-object rotations may sit in different object frames).
     """
     return rotation_angle_deg(np.swapaxes(reference, -1, -2) @ rotation_alignment(estimated, reference) @ estimated)
-
-
-def pose_similarity(estimated: np.ndarray, truth: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
-    """(s, A, t) taking an estimated object frame onto the true one, x_true = s A x_estimated + t, from [F, 4, 4]
-    camera-to-object poses of the same frames: A aligns the camera rotations (well posed however straight the camera
-    path), then s and t fit the camera centres given A. Camera-to-object poses map as R -> A R, c -> s A c + t."""
-    rotation = rotation_alignment(estimated[:, :3, :3], truth[:, :3, :3])
-    moved, centres = estimated[:, :3, 3] @ rotation.T, truth[:, :3, 3]
-    a, b = moved - moved.mean(axis=0), centres - centres.mean(axis=0)
-    scale = float((a * b).sum() / (a**2).sum())
-    return scale, rotation, centres.mean(axis=0) - scale * moved.mean(axis=0)
 
 
 @dataclass
@@ -146,6 +136,17 @@ def _anchored(view: TestView, truth: Scene, processed: Scene, anchors: np.ndarra
     return processed.camera_to_object[0][v] @ relative
 
 
+def truth_depth_at_keypoints(
+    keypoints: Keypoints, depth: np.ndarray, labels: np.ndarray, label: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Which of ``keypoints`` lie on pixels the truth labels ``label`` ([N] bool; ``labels`` [F, H, W]), and the
+    truth's depth ([F, H, W] ``depth``) at those pixels ([M])."""
+    col = np.clip(np.floor(keypoints.uv[:, 0]).astype(int), 0, depth.shape[2] - 1)
+    row = np.clip(np.floor(keypoints.uv[:, 1]).astype(int), 0, depth.shape[1] - 1)
+    on_object = labels[keypoints.frame, row, col] == label
+    return on_object, depth[keypoints.frame, row, col][on_object]
+
+
 def depth_units(processed: Scene, truth: Scene) -> np.ndarray:
     """[K] for each object of ``processed``, the truth's background units per unit of its own: the median of the
     truth's depth map over the object's keypoint depth, at its keypoints whose pixel the truth labels as the same
@@ -156,12 +157,10 @@ def depth_units(processed: Scene, truth: Scene) -> np.ndarray:
     units = []
     for k, obj in enumerate(processed.objects):
         keypoints = processed.keypoints.select(processed.keypoints.object_id == k)
-        col = np.clip(np.floor(keypoints.uv[:, 0]).astype(int), 0, truth.camera.width - 1)
-        row = np.clip(np.floor(keypoints.uv[:, 1]).astype(int), 0, truth.camera.height - 1)
-        on_object = labels[keypoints.frame, row, col] == names.index(obj.name)
+        on_object, true_depth = truth_depth_at_keypoints(keypoints, depth, labels, names.index(obj.name))
         if not on_object.any():
             raise ValueError(f"{processed.root}: no keypoint of '{obj.name}' lies on it in the truth's masks.")
-        units.append(float(np.median(depth[keypoints.frame, row, col][on_object] / keypoints.depth[on_object])))
+        units.append(float(np.median(true_depth / keypoints.depth[on_object])))
     return np.array(units)
 
 

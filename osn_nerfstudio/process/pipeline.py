@@ -273,7 +273,6 @@ def _judge_foreground(
     failures: Dict[int, str],
     camera: PinholeCamera,
     config: ProcessDataConfig,
-    report: ProcessReport,
 ) -> Dict[int, str]:
     """Judge every foreground SfM registration; where SfM failed or is untrusted, register from silhouettes.
 
@@ -543,7 +542,7 @@ def process_video(config: ProcessDataConfig) -> ProcessReport:
         results, failures, camera = _reconstruct_all(tracks, names, camera, estimate, frames.num_frames, config, report)
     silhouettes = config.silhouettes.enabled or config.silhouettes.prefer
     with _timed(report, "silhouettes") if silhouettes else nullcontext():
-        sfm_problems = _judge_foreground(tracks, labels, names, results, failures, camera, config, report)
+        sfm_problems = _judge_foreground(tracks, labels, names, results, failures, camera, config)
     report.camera_source = (
         f"estimated by the background's SfM: fx = fy = {camera.fx:.2f} px"
         if estimate

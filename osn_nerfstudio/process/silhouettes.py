@@ -412,9 +412,8 @@ def register_from_silhouettes(
             problem, obs_frame=problem.obs_frame[keep], obs_point=problem.obs_point[keep], uv=problem.uv[keep]
         )
         rotations, centre, points = _adjust(kept, rotations, points, scale, config)
-        error, _ = _errors(replace(problem, centre=centre), rotations, points)
+        error, depth = _errors(replace(problem, centre=centre), rotations, points)
         keep = error <= config.max_reprojection_error
-    error, depth = _errors(replace(problem, centre=centre), rotations, points)
     keep &= depth > 0
     # points outside the box are not on the object (they would also wreck its scale range)
     keep &= (np.abs(points).max(axis=1) <= config.box_extent * _half_extent(silhouettes))[problem.obs_point]
