@@ -134,7 +134,9 @@ class OSNModel(Model):
         self.register_buffer("true_scales", true.clone())
         self.register_buffer("render_scales", torch.ones(self.num_objects))
         self.register_buffer("train_scales", torch.ones(self.config.configurations_per_batch, self.num_objects))
-        self.fields = ObjectFields(self.num_objects, self.config.fields, object_extents(meta), meta.focal)
+        self.fields = ObjectFields(
+            self.num_objects, self.config.fields, object_extents(meta), meta.focal, len(meta.frame_times)
+        )
         for parameter in self.fields.parameters():
             parameter.register_hook(zero_non_finite)
         self.scale_network = ObjectScaleNetwork(meta.scale_range, self.config.scale_network)
@@ -200,9 +202,10 @@ class OSNModel(Model):
     def rays_in_boxes(self, ray_bundle: RayBundle, scales: Float[Tensor, "R K"], clip_near: bool) -> BoxRays:
         """Every ray in every object's frame and units at its frame's poses, and the part of it inside the object's box
         (see :func:`rays_in_boxes`); with ``clip_near``, nothing closer than the scene's near bound at ``scales``."""
-        poses, present = interpolate_poses(self.camera_to_object, self.registered, self.frame_positions(ray_bundle))
+        frames = self.frame_positions(ray_bundle)
+        poses, present = interpolate_poses(self.camera_to_object, self.registered, frames)
         near = self.depth_bounds[0] if clip_near else None
-        return rays_in_boxes(ray_bundle, poses, present, self.bbox_min, self.bbox_max, scales, near)
+        return rays_in_boxes(ray_bundle, poses, present, self.bbox_min, self.bbox_max, scales, near, frames)
 
     def sample_objects(
         self,

@@ -10,7 +10,7 @@ from osn_nerfstudio.core.validity import ValidityConfig, validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.osn_datamanager import within
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig
-from osn_nerfstudio.fields.object_fields import ObjectRadianceFields
+from osn_nerfstudio.fields.object_fields import ObjectFieldsConfig, ObjectRadianceFields
 from osn_nerfstudio.osn_model import OSNModelConfig
 from osn_nerfstudio.validity_labels import hidden_object_rays, supervision_cache
 
@@ -31,7 +31,7 @@ class BallFields(nn.Module, ObjectRadianceFields):
         inside = centred.abs().amax(-1) > 0.47 if k == 0 else centred.norm(dim=-1) < self.radius
         return inside.float() * 1e4
 
-    def object_forward(self, k: int, points: torch.Tensor, directions: torch.Tensor):
+    def object_forward(self, k: int, points: torch.Tensor, directions: torch.Tensor, frames=None):
         density = self.object_density(k, points)
         return density, self.colours[k].expand(*points.shape[:-1], 3)
 
@@ -215,6 +215,27 @@ def test_the_background_can_have_its_own_sample_budget(setup):
     assert (budget["accumulation"] > 0.99).all()
     torch.testing.assert_close(budget["rgb"], reference["rgb"], atol=2e-3, rtol=0)
     torch.testing.assert_close(budget["object_weights"][:, 1:], reference["object_weights"][:, 1:], atol=2e-3, rtol=0)
+
+
+def test_each_ray_reads_the_appearance_codes_of_its_own_frame(setup):
+    _, outputs = setup
+    fields = ObjectFieldsConfig(implementation="torch", grid_resolutions=(8, 16), appearance_dim=4)
+    config = OSNModelConfig(num_coarse_samples=8, num_fine_samples=8, fields=fields)
+    model = config.setup(scene_box=outputs.scene_box, num_train_data=len(outputs.cameras), metadata=outputs.metadata)
+    model.eval()
+    assert model.fields.appearance.shape == (model.num_objects, len(outputs.cameras), 4)
+    rays = {frame: frame_rays(outputs, frame) for frame in (2, 6)}
+    torch.manual_seed(0)
+    before = {frame: render(model, bundle, model.true_scales) for frame, bundle in rays.items()}
+    with torch.no_grad():
+        model.fields.appearance[:, 2].add_(torch.randn(model.num_objects, 4))
+    after = {frame: render(model, bundle, model.true_scales) for frame, bundle in rays.items()}
+    # frame 2's colours follow its codes, frame 6's do not; no code changes where anything is
+    assert (after[2]["rgb"] - before[2]["rgb"]).abs().amax() > 1e-3
+    torch.testing.assert_close(after[6]["rgb"], before[6]["rgb"])
+    for frame in rays:
+        torch.testing.assert_close(after[frame]["accumulation"], before[frame]["accumulation"])
+        torch.testing.assert_close(after[frame]["depth"], before[frame]["depth"])
 
 
 class ShownLabels:

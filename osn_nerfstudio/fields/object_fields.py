@@ -5,6 +5,8 @@ Every object k has its own radiance field over its unit volume: sample points ar
 fields share nothing but their architecture, so changing one object's parameters never changes another
 object's output. Query all objects at once with the same number M of samples each (``forward``,
 ``density``), or one object on any number of samples (``object_forward``, ``object_density``).
+With ``appearance_dim`` > 0 each object's colour also reads a learned code of the (fractional) frame: geometry is
+shared by the whole video, appearance may follow its lighting.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class ObjectFieldsConfig:
     """Layers of the colour MLP (hidden layers + output layer)."""
     direction_levels: int = 3
     """Spherical-harmonics levels (1 to 4) encoding the view direction; 1 makes colour view-independent."""
+    appearance_dim: int = 0
+    """Length of each object's per-frame appearance code, an input of its colour MLP only (0: none): light that
+    changes over the video, a turning object's shading or a moving shadow, without fog (docs/method.md)."""
     density_bias: float = -1.0
     """Added to the raw density before the exponential: the initial density is about exp(density_bias)
     per unit of box side, a faint fog that still passes gradients to every sample."""
@@ -314,9 +319,14 @@ class ObjectRadianceFields(Protocol):
         """Density of object k (per unit of its own length) at points of its unit box."""
 
     def object_forward(
-        self, k: int, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]
+        self,
+        k: int,
+        points: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        frames: Optional[Float[Tensor, "*bs"]] = None,
     ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs 3"]]:
-        """Density and colour of object k at points of its unit box, seen along ``directions`` (broadcast)."""
+        """Density and colour of object k at points of its unit box, seen along ``directions`` (broadcast) at the
+        fractional video ``frames`` (broadcast; None: frame 0)."""
 
     def regularisation(self) -> Float[Tensor, ""]:
         """The fields' own regulariser (0 where they have none)."""
@@ -331,8 +341,10 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
         config: ObjectFieldsConfig,
         extents: Optional[Sequence[ObjectExtent]] = None,
         focal: Optional[float] = None,
+        num_frames: int = 1,
     ) -> None:
-        """``extents`` and ``focal`` (pixels) size each object's grids when ``config.grid_sizing`` is "footprint"."""
+        """``extents`` and ``focal`` (pixels) size each object's grids when ``config.grid_sizing`` is "footprint";
+        ``num_frames`` is the video's length (one appearance code per object and frame)."""
         super().__init__()
         self.num_objects = num_objects
         self.config = config
@@ -349,9 +361,15 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
             )
             for _ in range(num_objects)
         )
+        # zero codes: every frame starts alike
+        self.appearance = (
+            nn.Parameter(torch.zeros(num_objects, num_frames, config.appearance_dim))
+            if config.appearance_dim > 0
+            else None
+        )
         self.colour_heads = nn.ModuleList(
             MLP(
-                in_dim=config.geo_feat_dim + self.direction_encoding.get_out_dim(),
+                in_dim=config.geo_feat_dim + self.direction_encoding.get_out_dim() + config.appearance_dim,
                 num_layers=config.colour_layers,
                 layer_width=config.hidden_dim,
                 out_dim=3,
@@ -380,11 +398,19 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
         return self.geometry(points)[0]
 
     def forward(
-        self, points: Float[Tensor, "K M 3"], directions: Float[Tensor, "K M 3"]
+        self,
+        points: Float[Tensor, "K M 3"],
+        directions: Float[Tensor, "K M 3"],
+        frames: Optional[Float[Tensor, "K M"]] = None,
     ) -> Tuple[Float[Tensor, "K M"], Float[Tensor, "K M 3"]]:
-        """Density (>= 0) and rgb (in [0, 1]) of every object's samples."""
+        """Density (>= 0) and rgb (in [0, 1]) of every object's samples (at fractional video ``frames``)."""
         density, geo_features = self.geometry(points)
-        colour_input = torch.cat([geo_features, self.encode_directions(directions).to(geo_features.dtype)], dim=-1)
+        colour_input = [geo_features, self.encode_directions(directions).to(geo_features.dtype)]
+        if self.config.appearance_dim > 0:
+            frames = torch.zeros_like(density) if frames is None else frames.expand_as(density)
+            codes = [self.appearance_codes(k, frames[k]) for k in range(self.num_objects)]
+            colour_input.append(torch.stack(codes).to(geo_features.dtype))
+        colour_input = torch.cat(colour_input, dim=-1)
         rgb = torch.stack([head(object_input).float() for head, object_input in zip(self.colour_heads, colour_input)])
         return density, rgb
 
@@ -403,19 +429,37 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
         return self.object_geometry(k, points)[0]
 
     def object_forward(
-        self, k: int, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]
+        self,
+        k: int,
+        points: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        frames: Optional[Float[Tensor, "*bs"]] = None,
     ) -> Tuple[Float[Tensor, "*bs"], Float[Tensor, "*bs 3"]]:
         """``forward`` for object k alone: the model evaluates each object only on the rays that meet its box.
 
-        ``directions`` may also broadcast against ``points``, e.g. one per ray ([R, 1, 3]) for samples [R, N, 3]:
-        each direction is then encoded once rather than once per sample.
+        ``directions`` and ``frames`` may also broadcast against ``points``, e.g. one per ray ([R, 1, 3], [R, 1])
+        for samples [R, N, 3]: each is then encoded once rather than once per sample.
         """
         density, geo_features = self.object_geometry(k, points)
         encoded = self.encode_directions(directions).to(geo_features.dtype)
-        colour_input = torch.cat([geo_features, encoded.expand(*geo_features.shape[:-1], -1)], dim=-1)
+        colour_input = [geo_features, encoded.expand(*geo_features.shape[:-1], -1)]
+        if self.config.appearance_dim > 0:
+            codes = self.appearance_codes(k, torch.zeros_like(density) if frames is None else frames)
+            colour_input.append(codes.to(geo_features.dtype).expand(*geo_features.shape[:-1], -1))
+        colour_input = torch.cat(colour_input, dim=-1)
         shape = points.shape[:-1]
         rgb = run_in_blocks(self.colour_heads[k], colour_input.reshape(-1, colour_input.shape[-1])).float()
         return density, rgb.reshape(*shape, 3)
+
+    def appearance_codes(self, k: int, frames: Float[Tensor, "*bs"]) -> Float[Tensor, "*bs A"]:
+        """Object k's appearance code at fractional ``frames``: linear between the two nearest frames' codes,
+        the first or last frame's outside the video."""
+        codes = self.appearance[k]
+        position = frames.float().clamp(0, codes.shape[0] - 1)
+        before = position.floor().long().clamp(max=codes.shape[0] - 2) if codes.shape[0] > 1 else position.long()
+        after = (before + 1).clamp(max=codes.shape[0] - 1)
+        blend = (position - before)[..., None]
+        return codes[before] * (1 - blend) + codes[after] * blend
 
     def encode_directions(self, directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs D"]:
         """Spherical harmonics of unit view directions."""
@@ -432,5 +476,7 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
         """Feature grids and MLP heads apart: grids train best with a larger learning rate than MLPs
         ("grid" backbone: Adam 5e-2 for the grids, 1e-2 for the heads; benchmarks/field_backbones.py)."""
         encoding = list(self.encoding.parameters())
-        heads = list(self.density_heads.parameters()) + list(self.colour_heads.parameters())
+        heads = [*self.density_heads.parameters(), *self.colour_heads.parameters()]
+        if self.appearance is not None:
+            heads.append(self.appearance)
         return {"object_encodings": encoding, "object_heads": heads}

@@ -39,6 +39,8 @@ class BoxRays:
     """The ray meets the box of a present object over a non-empty interval."""
     present: Bool[Tensor, "R K"]
     """The object is registered in a frame next to the ray's (its pose there is known)."""
+    frames: Optional[Float[Tensor, " R"]] = None
+    """Fractional video frame of every ray (the fields' appearance codes); None: frame 0."""
 
 
 def rays_in_boxes(
@@ -49,18 +51,19 @@ def rays_in_boxes(
     bbox_max: Float[Tensor, "K 3"],
     scales: Float[Tensor, "R K"],
     near: Optional[float] = None,
+    frames: Optional[Float[Tensor, " R"]] = None,
 ) -> BoxRays:
     """Each ray in each object's frame at ``scales`` (``camera_to_object`` at the ray's time), where it enters and
     leaves the object's box, and whether it meets it. With ``near`` nothing closer to the camera than that scene
     distance is kept; renders of objects alone in their own units pass None, since their units say nothing about the
-    scene's near bound."""
+    scene's near bound. ``frames`` (each ray's fractional frame) is carried for the fields' appearance codes."""
     origins, directions = rays_in_objects(
         ray_bundle.origins, ray_bundle.directions, camera_to_object[:, 0], camera_to_object, scales
     )
     nears, fars, hit = intersect_aabb(origins, directions, bbox_min.expand_as(origins), bbox_max.expand_as(origins))
     if near is not None:
         nears = torch.maximum(nears, near / scales)
-    return BoxRays(origins, directions, nears, fars, hit & present & (fars > nears), present)
+    return BoxRays(origins, directions, nears, fars, hit & present & (fars > nears), present, frames)
 
 
 class ObjectBoxSampler(nn.Module):
@@ -120,8 +123,9 @@ class ObjectBoxSampler(nn.Module):
         # the background's pairs come first (pairs are in object order) and have their own budget
         num_background = int((objects == 0).sum())
         parts = (slice(0, num_background), slice(num_background, len(objects)))
+        frames = box_rays.frames[rays] if box_rays.frames is not None else rays.new_zeros(len(rays), dtype=torch.float)
         blocks = [
-            self.sample_pairs(pair_rays[part], objects[part], fields, bbox_min, bbox_max, *budget)
+            self.sample_pairs(pair_rays[part], objects[part], frames[part], fields, bbox_min, bbox_max, *budget)
             for part, budget in zip(parts, (self.background_budget, self.object_budget))
         ]
         width = max(block[0].shape[-1] for block in blocks)
@@ -138,6 +142,7 @@ class ObjectBoxSampler(nn.Module):
         self,
         pair_rays: RayBundle,
         objects: Int[Tensor, " P"],
+        frames: Float[Tensor, " P"],
         fields: ObjectRadianceFields,
         bbox_min: Float[Tensor, "K 3"],
         bbox_max: Float[Tensor, "K 3"],
@@ -145,7 +150,8 @@ class ObjectBoxSampler(nn.Module):
         num_fine: int,
     ) -> Tuple[Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N"], Float[Tensor, "P N 3"]]:
         """Samples of (ray, object) pairs in object space, grouped by object (``objects`` non-decreasing): every
-        sample's interval (starts, ends), density and colour, N = ``num_coarse + num_fine + 1``."""
+        sample's interval (starts, ends), density and colour (at the pairs' fractional ``frames``),
+        N = ``num_coarse + num_fine + 1``."""
         if len(objects) == 0:
             empty = pair_rays.origins.new_zeros(0, num_coarse + num_fine + 1)
             return empty, empty, empty, empty[..., None].expand(-1, -1, 3)
@@ -165,9 +171,9 @@ class ObjectBoxSampler(nn.Module):
         # one direction per ray: the fields encode it once for all the ray's samples
         points, directions = unit_points(fine.frustums.get_positions()), pair_rays.directions[:, None, :]
         evaluated = [
-            fields.object_forward(k, object_points, object_directions)
-            for (k, object_points), (_, object_directions) in zip(
-                object_blocks(points, counts), object_blocks(directions, counts)
+            fields.object_forward(k, object_points, object_directions, object_frames)
+            for (k, object_points), (_, object_directions), (_, object_frames) in zip(
+                object_blocks(points, counts), object_blocks(directions, counts), object_blocks(frames[:, None], counts)
             )
         ]
         density = torch.cat([density for density, _ in evaluated])
