@@ -135,7 +135,7 @@ class OSNModel(Model):
         self.register_buffer("render_scales", torch.ones(self.num_objects))
         self.register_buffer("train_scales", torch.ones(self.config.configurations_per_batch, self.num_objects))
         self.fields = ObjectFields(
-            self.num_objects, self.config.fields, object_extents(meta), meta.focal, len(meta.frame_times)
+            self.num_objects, self.config.fields, object_extents(meta), meta.focal, meta.num_frames
         )
         for parameter in self.fields.parameters():
             parameter.register_hook(zero_non_finite)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -91,6 +91,18 @@ def invert_rigid(T: Float[Tensor, "*bs 4 4"]) -> Float[Tensor, "*bs 4 4"]:
     return rigid_from(rotation_t, -(rotation_t @ T[..., :3, 3:])[..., 0])
 
 
+def neighbouring_frames(
+    frame_index: Float[Tensor, "*bs"], num_frames: int
+) -> Tuple[Int[Tensor, "*bs"], Int[Tensor, "*bs"], Float[Tensor, "*bs"]]:
+    """The frames before and after each fractional frame position (clamped to [0, F-1]) and the weight of the one
+    after: a value at the position is ``(1 - weight) * value[before] + weight * value[after]``. An integer position
+    has weight 0 and its own frame before."""
+    index = frame_index.clamp(0, num_frames - 1)
+    before = index.floor().long()
+    after = (before + 1).clamp(max=num_frames - 1)
+    return before, after, index - before.to(index.dtype)
+
+
 def interpolate_poses(
     poses: Float[Tensor, "K F 4 4"], registered: Bool[Tensor, "K F"], frame_index: Float[Tensor, " R"]
 ) -> Tuple[Float[Tensor, "R K 4 4"], Bool[Tensor, "R K"]]:
@@ -101,11 +113,8 @@ def interpolate_poses(
     a neighbouring frame that carries weight (> 0) is unregistered; its pose there is the identity, a
     finite placeholder so that downstream ray maths stays finite (mask with ``present``).
     """
-    num_frames = poses.shape[1]
-    index = frame_index.clamp(0, num_frames - 1)
-    floor = index.floor().long()
-    ceil = (floor + 1).clamp(max=num_frames - 1)
-    weight = (index - floor.to(index.dtype)).to(poses.dtype)[:, None].expand(-1, poses.shape[0])  # [R, K]
+    floor, ceil, weight = neighbouring_frames(frame_index, poses.shape[1])
+    weight = weight.to(poses.dtype)[:, None].expand(-1, poses.shape[0])  # [R, K]
 
     pose_floor = poses[:, floor].transpose(0, 1)  # [R, K, 4, 4]
     pose_ceil = poses[:, ceil].transpose(0, 1)

@@ -25,6 +25,8 @@ from nerfstudio.field_components.encodings import Encoding, HashEncoding, KPlane
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.utils.external import TCNN_EXISTS
 
+from osn_nerfstudio.core.geometry import neighbouring_frames
+
 TCNN_INSTALL_HINT = (
     "install it on a CUDA machine with "
     "`pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch`, "
@@ -455,11 +457,8 @@ class ObjectFields(nn.Module, ObjectRadianceFields):
         """Object k's appearance code at fractional ``frames``: linear between the two nearest frames' codes,
         the first or last frame's outside the video."""
         codes = self.appearance[k]
-        position = frames.float().clamp(0, codes.shape[0] - 1)
-        before = position.floor().long().clamp(max=codes.shape[0] - 2) if codes.shape[0] > 1 else position.long()
-        after = (before + 1).clamp(max=codes.shape[0] - 1)
-        blend = (position - before)[..., None]
-        return codes[before] * (1 - blend) + codes[after] * blend
+        before, after, weight = neighbouring_frames(frames.float(), codes.shape[0])
+        return torch.lerp(codes[before], codes[after], weight[..., None])
 
     def encode_directions(self, directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs D"]:
         """Spherical harmonics of unit view directions."""
