@@ -315,7 +315,8 @@ class OSNModel(Model):
         alone_acc = outputs["alone_accumulation"].gather(1, label_index)[:, 0]
         alone_depth = outputs["alone_depth"].gather(1, label_index)[:, 0]
         losses = {
-            "alone_rgb": masked_mean((alone_rgb - image).pow(2).sum(-1), known) * self.config.alone_rgb_loss_mult,
+            "alone_rgb": masked_mean(alone_colour_error(alone_rgb, alone_acc, image), known)
+            * self.config.alone_rgb_loss_mult,
             "alone_accumulation": masked_mean((1 - alone_acc).pow(2), known) * self.config.alone_accumulation_loss_mult,
             "alone_keypoint_depth": weighted_relative_error(alone_depth, kp_distance, kp_weight)
             * self.config.keypoint_depth_loss_mult,
@@ -496,6 +497,21 @@ def time_to_frame(times: Float[Tensor, " R"], frame_times: Float[Tensor, " F"]) 
 def zero_non_finite(gradient: Tensor) -> Tensor:
     """Gradient hook: a rare non-finite gradient entry becomes 0 instead of poisoning Adam's state for good."""
     return torch.nan_to_num(gradient, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def alone_colour_error(
+    rgb: Float[Tensor, "R 3"], accumulation: Float[Tensor, " R"], target: Float[Tensor, "R 3"]
+) -> Float[Tensor, " R"]:
+    """Colour error of an object rendered alone (``rgb`` without background, opacity ``accumulation``) on pixels
+    that show it: its samples' colour error weighted by their opacity, ``|rgb - accumulation * target|^2``, plus
+    what the opacity it lacks costs over black, ``(1 - accumulation)^2 |target|^2``.
+
+    This is ``|rgb - target|^2`` without its cross term, through which a half-transparent object lowers the error
+    by brightening its colour past the pixel's: early in the bootstrap that drives the colour MLP's sigmoid into
+    saturation, where its gradient is exactly zero in float32 and the object keeps a flat wrong colour for good.
+    """
+    colour = (rgb - accumulation[:, None] * target).pow(2).sum(-1)
+    return colour + (1.0 - accumulation).pow(2) * target.pow(2).sum(-1)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

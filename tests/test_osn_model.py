@@ -10,8 +10,8 @@ from osn_nerfstudio.core.validity import ValidityConfig, validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.osn_datamanager import within
 from osn_nerfstudio.data.osn_dataparser import METADATA_KEY, OSNDataParserConfig
-from osn_nerfstudio.fields.object_fields import ObjectFieldsConfig, ObjectRadianceFields
-from osn_nerfstudio.osn_model import OSNModelConfig
+from osn_nerfstudio.fields.object_fields import ObjectFields, ObjectFieldsConfig, ObjectRadianceFields
+from osn_nerfstudio.osn_model import OSNModelConfig, alone_colour_error
 from osn_nerfstudio.validity_labels import hidden_object_rays, supervision_cache
 
 SCENE = DemoSceneConfig(seed=5, width=40, height=30, num_frames=8, num_objects=3, test_view_every=4)
@@ -315,3 +315,56 @@ def test_hidden_object_rays_keep_a_gap_from_the_objects_own_pixels_so_bleed_does
         model.fields.radius = 0.3
     assert len(bleeding) > 3 * len(truly_hidden), "the bleed should read as hidden without a gap"
     assert 0 < len(labels) < len(bleeding) / 2
+
+
+def test_alone_colour_error_is_least_at_the_pixels_colour_whatever_the_opacity():
+    """A half-transparent object's best colour is the pixel's (the plain squared error's is brighter), and less
+    opacity still costs more; an opaque object's error is the plain squared error."""
+    target = torch.tensor([[0.6, 0.8, 0.9]])
+    colour = target.clone().requires_grad_(True)
+    for opacity in (0.3, 0.7):
+        accumulation = torch.tensor([opacity])
+        alone_colour_error(colour * accumulation, accumulation, target).sum().backward()
+        assert colour.grad.abs().max() < 1e-7
+        colour.grad = None
+    at = [alone_colour_error(target * a, torch.tensor([a]), target).item() for a in (0.2, 0.5, 0.9, 1.0)]
+    assert at == sorted(at, reverse=True) and at[-1] == 0.0
+    rgb = torch.rand(5, 3, generator=torch.Generator().manual_seed(0))
+    plain = (rgb - target).pow(2).sum(-1)
+    assert torch.allclose(alone_colour_error(rgb, torch.ones(5), target), plain)
+
+
+@pytest.mark.parametrize("error", ["alone", "plain"])
+def test_a_half_transparent_object_fits_its_colour_without_saturating(error):
+    """The bootstrap's situation: an object still at opacity 0.4 on pixels of colour (0.6, 0.8, 0.9). Fitted with
+    the plain squared error its colour MLP runs to white (the sigmoid's saturation, where float32 gradients vanish),
+    with ``alone_colour_error`` it takes the pixels' colour."""
+    torch.manual_seed(0)
+    config = ObjectFieldsConfig(implementation="torch", grid_resolutions=(8, 16))
+    fields = ObjectFields(1, config)
+    groups = fields.param_groups()
+    optimizer = torch.optim.Adam(
+        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
+    )
+    target = torch.tensor([0.6, 0.8, 0.9]).expand(128, 3)
+    accumulation = torch.full((128,), 0.4)
+    weights = accumulation[:, None] / 16  # 16 samples a ray, opacity fixed
+
+    def render() -> torch.Tensor:
+        points = torch.rand(128, 16, 3)
+        directions = torch.nn.functional.normalize(torch.randn(128, 1, 3), dim=-1)
+        _, rgb = fields.object_forward(0, points, directions)
+        return (weights[..., None] * rgb).sum(1)
+
+    for _ in range(300):
+        optimizer.zero_grad()
+        rgb = render()
+        loss = alone_colour_error(rgb, accumulation, target) if error == "alone" else (rgb - target).pow(2).sum(-1)
+        loss.mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        colour = render() / accumulation[:, None]
+    if error == "alone":
+        assert (colour - target).abs().max() < 0.02
+    else:
+        assert colour.min() > 0.999
