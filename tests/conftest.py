@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+import torch
 
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SCENE = DemoSceneConfig(seed=1, width=48, height=36, num_frames=10, num_objects=2, test_view_every=3)
 TINY_STEPS, TINY_BOOTSTRAP, TINY_ROUND = 240, 120, 60
+
+
+def field_optimizer(fields) -> torch.optim.Adam:
+    """Adam over ObjectFields' parameter groups at the learning rates training gives them (osn_config.py): 5e-2 for
+    the grids, 1e-2 for the MLP heads and codes."""
+    groups = fields.param_groups()
+    return torch.optim.Adam(
+        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
+    )
 
 
 def command(name: str) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from nerfstudio.utils.external import TCNN_EXISTS
 
+from conftest import field_optimizer
 from osn_nerfstudio.fields.object_fields import (
     MAX_LOG_DENSITY,
     DenseGridEncoding,
@@ -139,10 +140,7 @@ def test_grid_field_fits_a_simple_target() -> None:
     # coarser levels than the default keep the test fast; the code path is the default backbone's
     config = ObjectFieldsConfig(backbone="grid", implementation="torch", grid_resolutions=(8, 16, 32))
     fields = ObjectFields(1, config)
-    groups = fields.param_groups()
-    optimizer = torch.optim.Adam(
-        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
-    )
+    optimizer = field_optimizer(fields)
     directions = torch.nn.functional.normalize(torch.randn(1, 1024, 3), dim=-1)
 
     def loss_at(points: torch.Tensor) -> torch.Tensor:
@@ -260,10 +258,7 @@ def test_only_appearance_codes_fit_a_colour_that_changes_between_frames(appearan
     field matches every frame."""
     torch.manual_seed(0)
     fields = appearance_fields(appearance_dim, num_frames=4)
-    groups = fields.param_groups()
-    optimizer = torch.optim.Adam(
-        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
-    )
+    optimizer = field_optimizer(fields)
     frames = torch.arange(4.0).repeat_interleave(64)
     target = torch.stack([1.0 - frames % 2, frames % 2, torch.zeros_like(frames)], dim=-1)
 

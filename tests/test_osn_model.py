@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import field_optimizer
 from osn_nerfstudio.core.validity import ValidityConfig, validity
 from osn_nerfstudio.data.demo_scene import DemoSceneConfig, make_demo_scene
 from osn_nerfstudio.data.osn_datamanager import within
@@ -342,10 +343,7 @@ def test_a_half_transparent_object_fits_its_colour_without_saturating(error):
     torch.manual_seed(0)
     config = ObjectFieldsConfig(implementation="torch", grid_resolutions=(8, 16))
     fields = ObjectFields(1, config)
-    groups = fields.param_groups()
-    optimizer = torch.optim.Adam(
-        [{"params": groups["object_encodings"], "lr": 5e-2}, {"params": groups["object_heads"], "lr": 1e-2}]
-    )
+    optimizer = field_optimizer(fields)
     target = torch.tensor([0.6, 0.8, 0.9]).expand(128, 3)
     accumulation = torch.full((128,), 0.4)
     weights = accumulation[:, None] / 16  # 16 samples a ray, opacity fixed
